@@ -1,0 +1,191 @@
+"""Named, frozen model presets (the timm idea: a small registry, constants stored with the weights).
+
+A preset fully describes a RetinaFace: backbone, which backbone stages feed the FPN, channel widths,
+anchors, box-coding variances and the input preprocessing (mean, channel order). It is built once and
+never mutated; :func:`dataclasses.replace` derives variants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "AnchorConfig",
+    "ModelConfig",
+    "PRESETS",
+    "available_presets",
+    "get_preset",
+]
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Square anchors, one set of sizes per pyramid level.
+
+    Attributes:
+        min_sizes: per level, the anchor side lengths in input pixels (``len(min_sizes[k])`` anchors
+            at every location of level ``k``).
+        steps: per level, the stride of the feature map in input pixels.
+    """
+
+    min_sizes: tuple[tuple[float, ...], ...]
+    steps: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.min_sizes) != len(self.steps):
+            raise ValueError(
+                f"AnchorConfig: {len(self.min_sizes)} min_sizes levels but {len(self.steps)} steps"
+            )
+        if any(len(s) == 0 for s in self.min_sizes):
+            raise ValueError("AnchorConfig: every level needs at least one anchor size")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.steps)
+
+    @property
+    def anchors_per_location(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.min_sizes)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a RetinaFace and feed it correctly.
+
+    Attributes:
+        name: preset name (informational; stored in checkpoints).
+        backbone: ``"mobilenet0.25"`` or ``"resnet50"``.
+        return_layers: backbone stages whose outputs feed the FPN, shallowest first.
+        in_channels: channels of those stages.
+        out_channels: FPN / SSH / head width.
+        extra_levels: extra pyramid levels computed from the deepest stage by stride-2 3x3 convs
+            (the paper's P6).
+        anchors: anchor sizes and strides; one level per FPN output.
+        variance: box-coding variances (centre, size), as in SSD / biubug6.
+        mean_bgr: per-channel mean subtracted from the input, in the channel order below.
+        std: per-channel divisor after mean subtraction (1 for the biubug6 weights).
+        channel_order: ``"BGR"`` or ``"RGB"``: the order the network expects.
+        leaky: LeakyReLU slope in FPN/SSH (biubug6 uses 0.1 when out_channels <= 64, else ReLU).
+        train_image_size: square training input size.
+    """
+
+    name: str
+    backbone: str
+    return_layers: tuple[str, ...]
+    in_channels: tuple[int, ...]
+    out_channels: int
+    anchors: AnchorConfig
+    extra_levels: int = 0
+    variance: tuple[float, float] = (0.1, 0.2)
+    mean_bgr: tuple[float, float, float] = (104.0, 117.0, 123.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channel_order: str = "BGR"
+    leaky: float = field(default=-1.0)
+    train_image_size: int = 640
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("mobilenet0.25", "resnet50"):
+            raise ValueError(f"unknown backbone {self.backbone!r}; expected 'mobilenet0.25' or 'resnet50'")
+        if len(self.return_layers) != len(self.in_channels):
+            raise ValueError("return_layers and in_channels must have the same length")
+        levels = len(self.return_layers) + self.extra_levels
+        if levels != self.anchors.num_levels:
+            raise ValueError(
+                f"{levels} pyramid levels but the anchor config has {self.anchors.num_levels}"
+            )
+        if self.channel_order not in ("BGR", "RGB"):
+            raise ValueError(f"channel_order must be 'BGR' or 'RGB', got {self.channel_order!r}")
+        if self.out_channels % 4:
+            raise ValueError("out_channels must be a multiple of 4 (SSH splits it 2:1:1)")
+        if self.leaky < 0:  # biubug6's rule
+            object.__setattr__(self, "leaky", 0.1 if self.out_channels <= 64 else 0.0)
+
+    @property
+    def num_levels(self) -> int:
+        return self.anchors.num_levels
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/pickle-safe dict (what checkpoints store)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        anchors = data.pop("anchors")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields in checkpoint: {sorted(unknown)}")
+        tuples = {
+            k: tuple(v) for k, v in data.items()
+            if k in ("return_layers", "in_channels", "variance", "mean_bgr", "std")
+        }
+        data.update(tuples)
+        return cls(
+            anchors=AnchorConfig(
+                min_sizes=tuple(tuple(float(s) for s in level) for level in anchors["min_sizes"]),
+                steps=tuple(int(s) for s in anchors["steps"]),
+            ),
+            **data,
+        )
+
+
+_BIUBUG6_ANCHORS = AnchorConfig(min_sizes=((16.0, 32.0), (64.0, 128.0), (256.0, 512.0)), steps=(8, 16, 32))
+
+
+def _paper_anchors() -> AnchorConfig:
+    # RetinaFace paper, Sec. 4.2: P2..P6 (strides 4..64), three scales 2^(0, 1/3, 2/3) per level
+    # starting at 16, 32, 64, 128, 256 px.
+    base = (16.0, 32.0, 64.0, 128.0, 256.0)
+    return AnchorConfig(
+        min_sizes=tuple(tuple(b * 2.0 ** (i / 3.0) for i in range(3)) for b in base),
+        steps=(4, 8, 16, 32, 64),
+    )
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # biubug6/Pytorch_Retinaface cfg_mnet
+    "mobilenet0.25": ModelConfig(
+        name="mobilenet0.25",
+        backbone="mobilenet0.25",
+        return_layers=("stage1", "stage2", "stage3"),
+        in_channels=(64, 128, 256),
+        out_channels=64,
+        anchors=_BIUBUG6_ANCHORS,
+        train_image_size=640,
+    ),
+    # biubug6/Pytorch_Retinaface cfg_re50
+    "resnet50": ModelConfig(
+        name="resnet50",
+        backbone="resnet50",
+        return_layers=("layer2", "layer3", "layer4"),
+        in_channels=(512, 1024, 2048),
+        out_channels=256,
+        anchors=_BIUBUG6_ANCHORS,
+        train_image_size=840,
+    ),
+    # The paper's configuration: ResNet-50 C2..C5 plus P6, five levels, 3 anchors per location.
+    "paper": ModelConfig(
+        name="paper",
+        backbone="resnet50",
+        return_layers=("layer1", "layer2", "layer3", "layer4"),
+        in_channels=(256, 512, 1024, 2048),
+        out_channels=256,
+        extra_levels=1,
+        anchors=_paper_anchors(),
+        train_image_size=640,
+    ),
+}
+
+
+def available_presets() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(available_presets())}") from None

@@ -1,0 +1,348 @@
+"""Batched RetinaFace inference: preprocessing, forward, and on-device postprocessing.
+
+Postprocessing follows torchvision's ``retinanet.py``: everything after the forward pass (softmax,
+score threshold, top-k, decode, NMS, keep-top-k) runs in torch on the model's device, batched over
+the images; the only per-image work is slicing the final per-image results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .anchors import AnchorGenerator
+from .box_coder import BoxCoder
+from .boxes import padded_nms
+from .config import ModelConfig
+from .model import RetinaFace, RetinaFaceOutput, fuse_conv_bn
+from .weights import load_model
+
+__all__ = ["ResizePolicy", "PostprocessConfig", "Detections", "Detector", "InputImageError"]
+
+
+class InputImageError(ValueError):
+    """An input image cannot be used (empty, wrong dtype or channel count)."""
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """How an image is scaled before the network (one factor for both axes).
+
+    Modes:
+        ``original``: no resize.
+        ``long_side``: ``s = size / max(h, w)`` (up or down).
+        ``cap``: ``s = min(1, size / max(h, w))``: only shrink images whose long side exceeds ``size``.
+        ``short_side``: ``s = size / min(h, w)``, and if ``round(s * max(h, w)) > max_size`` then
+            ``s = max_size / max(h, w)`` (biubug6's WIDER FACE rule is ``short_side(1600, 2150)``).
+    """
+
+    mode: str = "original"
+    size: int | None = None
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("original", "long_side", "cap", "short_side"):
+            raise ValueError(f"unknown resize mode {self.mode!r}")
+        if self.mode != "original" and (self.size is None or self.size <= 0):
+            raise ValueError(f"resize mode {self.mode!r} needs a positive size")
+
+    @classmethod
+    def original(cls) -> "ResizePolicy":
+        return cls("original")
+
+    @classmethod
+    def long_side(cls, size: int) -> "ResizePolicy":
+        return cls("long_side", int(size))
+
+    @classmethod
+    def cap(cls, size: int) -> "ResizePolicy":
+        return cls("cap", int(size))
+
+    @classmethod
+    def short_side(cls, size: int, max_size: int | None = None) -> "ResizePolicy":
+        return cls("short_side", int(size), None if max_size is None else int(max_size))
+
+    @classmethod
+    def widerface(cls) -> "ResizePolicy":
+        return cls.short_side(1600, 2150)
+
+    @classmethod
+    def parse(cls, spec: "str | int | ResizePolicy | None") -> "ResizePolicy":
+        """``None``/``"original"``, an int or ``"long:640"`` (long side), ``"cap:1024"``,
+        ``"short:1600"`` / ``"short:1600,2150"``, ``"widerface"``."""
+        if spec is None:
+            return cls.original()
+        if isinstance(spec, ResizePolicy):
+            return spec
+        if isinstance(spec, (int, np.integer)):
+            return cls.long_side(int(spec))
+        text = str(spec).strip().lower()
+        try:
+            if text in ("original", "none", "1", ""):
+                return cls.original()
+            if text == "widerface":
+                return cls.widerface()
+            if text.isdigit():
+                return cls.long_side(int(text))
+            kind, _, arg = text.partition(":")
+            if kind in ("long", "long_side"):
+                return cls.long_side(int(arg))
+            if kind == "cap":
+                return cls.cap(int(arg))
+            if kind in ("short", "short_side"):
+                size, _, max_size = arg.partition(",")
+                return cls.short_side(int(size), int(max_size) if max_size else None)
+        except ValueError:
+            pass
+        raise ValueError(
+            f"bad resize spec {spec!r}; use original, N, long:N, cap:N, short:N[,MAX] or widerface"
+        )
+
+    def scale(self, height: int, width: int) -> float:
+        if self.mode == "original":
+            return 1.0
+        long_, short = max(height, width), min(height, width)
+        if self.mode == "long_side":
+            return self.size / long_
+        if self.mode == "cap":
+            return min(1.0, self.size / long_)
+        s = self.size / short
+        if self.max_size is not None and np.round(s * long_) > self.max_size:
+            s = self.max_size / long_
+        return s
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Reference (biubug6 ``detect.py``) defaults: keep scores > 0.02, 5000 best before NMS at IoU 0.4
+    (legacy +1-pixel areas), 750 after."""
+
+    conf_threshold: float = 0.02
+    nms_threshold: float = 0.4
+    top_k: int = 5000
+    keep_top_k: int = 750
+    nms_plus_one: bool = True
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in one image, sorted by decreasing score, in original-image pixels.
+
+    Attributes:
+        boxes: ``[N, 4]`` x1, y1, x2, y2.
+        scores: ``[N]`` face probability.
+        landmarks: ``[N, 5, 2]`` left eye, right eye, nose, left mouth corner, right mouth corner
+            (image left first).
+
+    Fields are torch tensors on the model's device as returned by :meth:`Detector.detect`;
+    :meth:`numpy` gives the same structure with float32 numpy arrays.
+    """
+
+    boxes: Tensor | np.ndarray
+    scores: Tensor | np.ndarray
+    landmarks: Tensor | np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def numpy(self) -> "Detections":
+        def conv(x):
+            return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, np.float32)
+
+        return Detections(conv(self.boxes), conv(self.scores), conv(self.landmarks))
+
+    def filter(self, mask) -> "Detections":
+        return Detections(self.boxes[mask], self.scores[mask], self.landmarks[mask])
+
+
+def _as_bgr_uint8(image: np.ndarray, index: int) -> np.ndarray:
+    """Validate one input image; documented conversions: (H, W) and (H, W, 1) grayscale are
+    replicated to 3 channels; (H, W, 4) BGRA drops alpha. Anything else non-uint8 is refused."""
+    if not isinstance(image, np.ndarray):
+        raise InputImageError(f"image {index}: expected a numpy array, got {type(image).__name__}")
+    if image.size == 0:
+        raise InputImageError(f"image {index}: empty array of shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise InputImageError(
+            f"image {index}: expected uint8 BGR pixels, got dtype {image.dtype}; convert first "
+            "(e.g. np.clip(img * 255, 0, 255).astype(np.uint8) for floats in [0, 1])"
+        )
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise InputImageError(f"image {index}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+
+
+class Detector:
+    """RetinaFace inference on batches of images of any sizes.
+
+    Build with :meth:`from_weights`; call :meth:`detect` (or the instance) with a list of
+    ``HxWx3`` uint8 BGR images, or with one ``Tensor[B, 3, H, W]`` of BGR pixel values.
+    """
+
+    def __init__(self, model: RetinaFace, *, device: str | torch.device | None = None, fp16: bool = False,
+                 resize: "ResizePolicy | str | int | None" = None,
+                 postprocess: PostprocessConfig = PostprocessConfig(), fuse: bool = True,
+                 nms_budget: int = 64_000_000) -> None:
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        if fp16 and device.type != "cuda":
+            raise ValueError("fp16 inference is only supported on CUDA devices")
+        self.config: ModelConfig = model.config
+        self.device = device
+        self.fp16 = fp16
+        self.resize = ResizePolicy.parse(resize)
+        self.postprocess_config = postprocess
+        net = fuse_conv_bn(model) if fuse else model.eval()
+        # channels_last lets oneDNN / cuDNN pick their fast (NHWC) depthwise and 1x1 kernels
+        net = net.to(device).to(memory_format=torch.channels_last)
+        if fp16:
+            net = net.half()
+        self.model = net.eval()
+        self.anchors = AnchorGenerator(self.config.anchors)
+        self.coder = BoxCoder(self.config.variance)
+        self.nms_budget = nms_budget
+        order = [0, 1, 2] if self.config.channel_order == "BGR" else [2, 1, 0]
+        self._channel_order = order
+        mean = torch.tensor(self.config.mean_bgr, dtype=torch.float32)[order]
+        std = torch.tensor(self.config.std, dtype=torch.float32)[order]
+        self._mean = mean.to(device).view(1, 3, 1, 1)
+        self._std = std.to(device).view(1, 3, 1, 1)
+        self._unit_std = bool(torch.all(std == 1))
+
+    @classmethod
+    def from_weights(cls, weights: str | Path | None = None, *, preset: str | ModelConfig | None = None,
+                     device: str | torch.device = "cpu", fp16: bool = False,
+                     resize: "ResizePolicy | str | int | None" = None, **postprocess) -> "Detector":
+        """Load weights (path, registry name, or ``None`` for the default MobileNet-0.25) and build a
+        detector. Keyword arguments of :class:`PostprocessConfig` override its defaults."""
+        model = load_model(weights, preset=preset, device=device)
+        return cls(model, device=device, fp16=fp16, resize=resize,
+                   postprocess=PostprocessConfig(**postprocess))
+
+    # ------------------------------------------------------------------ preprocessing
+    def _preprocess_arrays(self, images: Sequence[np.ndarray], policy: ResizePolicy) -> tuple[Tensor, Tensor]:
+        prepared: list[np.ndarray] = []
+        scales: list[float] = []
+        for i, img in enumerate(images):
+            img = _as_bgr_uint8(img, i)
+            s = policy.scale(img.shape[0], img.shape[1])
+            if s != 1.0:
+                # exactly the reference's resize: float32 image, cv2 bilinear, fx = fy = s
+                img = cv2.resize(img.astype(np.float32), None, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+            prepared.append(img)
+            scales.append(s)
+        hmax = max(p.shape[0] for p in prepared)
+        wmax = max(p.shape[1] for p in prepared)
+        batch = torch.zeros((len(prepared), 3, hmax, wmax), dtype=torch.float32, device=self.device)
+        for i, p in enumerate(prepared):
+            t = torch.from_numpy(np.ascontiguousarray(p)).to(self.device, non_blocking=True)
+            t = t.permute(2, 0, 1)[self._channel_order].float()
+            batch[i, :, : p.shape[0], : p.shape[1]] = self._normalise(t[None])[0]
+        return batch, torch.tensor(scales, dtype=torch.float32, device=self.device)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        x = x - self._mean
+        return x if self._unit_std else x / self._std
+
+    def _preprocess_tensor(self, images: Tensor, policy: ResizePolicy) -> tuple[Tensor, Tensor]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputImageError(f"expected a Tensor[B, 3, H, W] of BGR pixels, got shape {tuple(images.shape)}")
+        if images.numel() == 0:
+            raise InputImageError(f"empty image tensor of shape {tuple(images.shape)}")
+        x = images.to(self.device)[:, self._channel_order].float()
+        s = policy.scale(x.shape[2], x.shape[3])
+        if s != 1.0:
+            size = (int(round(x.shape[2] * s)), int(round(x.shape[3] * s)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        scales = torch.full((x.shape[0],), s, dtype=torch.float32, device=self.device)
+        return self._normalise(x), scales
+
+    def preprocess(self, images: Sequence[np.ndarray] | Tensor, *,
+                   resize: "ResizePolicy | str | int | None" = None) -> tuple[Tensor, Tensor]:
+        """-> ``(Tensor[B, 3, H, W]`` network input (padded to the largest image), ``Tensor[B]`` scales)."""
+        policy = self.resize if resize is None else ResizePolicy.parse(resize)
+        if isinstance(images, Tensor):
+            return self._preprocess_tensor(images, policy)
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:
+            raise InputImageError("pass a list of images (for one image: [image])")
+        if len(images) == 0:
+            raise InputImageError("no images given")
+        return self._preprocess_arrays(images, policy)
+
+    # ------------------------------------------------------------------ forward / postprocess
+    @torch.inference_mode()
+    def forward(self, batch: Tensor) -> RetinaFaceOutput:
+        if self.fp16:
+            batch = batch.half()
+        return self.model(batch.contiguous(memory_format=torch.channels_last))
+
+    @torch.inference_mode()
+    def postprocess(self, output: RetinaFaceOutput, input_size: tuple[int, int], scales: Tensor,
+                    config: PostprocessConfig | None = None) -> list[Detections]:
+        """Decode raw outputs of a ``input_size = (H, W)`` batch into per-image detections.
+
+        ``scales[b]`` is the resize factor of image ``b``; results are divided by it.
+        """
+        cfg = config or self.postprocess_config
+        logits = output.cls_logits.float()
+        batch_size = logits.shape[0]
+        scores = torch.softmax(logits, dim=-1)[..., 1]  # [B, A]
+        above = scores > cfg.conf_threshold
+        k = min(int(above.sum(dim=1).max()), cfg.top_k)  # the one host sync
+        dev = scores.device
+        if k == 0:
+            empty = Detections(torch.zeros(0, 4, device=dev), torch.zeros(0, device=dev),
+                               torch.zeros(0, 5, 2, device=dev))
+            return [empty] * batch_size
+        top_scores, top_idx = scores.topk(k, dim=1)  # sorted, [B, K]
+        valid = top_scores > cfg.conf_threshold
+        anchors = self.anchors(input_size[0], input_size[1], device=dev)[top_idx]  # [B, K, 4]
+        deltas = torch.gather(output.bbox_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 4))
+        boxes = self.coder.decode_boxes(deltas, anchors)
+        keep = self._nms(boxes, top_scores, valid, cfg)
+        keep &= keep.cumsum(dim=1) <= cfg.keep_top_k
+        ldeltas = torch.gather(output.landmark_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 10))
+        landmarks = self.coder.decode_landmarks(ldeltas, anchors)
+        inv = (1.0 / scales).view(-1, 1, 1)
+        boxes = boxes * inv
+        landmarks = landmarks * inv[..., None]
+        return [Detections(boxes[b][keep[b]], top_scores[b][keep[b]], landmarks[b][keep[b]])
+                for b in range(batch_size)]
+
+    def _nms(self, boxes: Tensor, scores: Tensor, valid: Tensor, cfg: PostprocessConfig) -> Tensor:
+        b, k = scores.shape
+        per_chunk = max(1, self.nms_budget // max(1, k * k))
+        if per_chunk >= b:
+            return padded_nms(boxes, scores, valid, cfg.nms_threshold, plus_one=cfg.nms_plus_one)
+        return torch.cat([
+            padded_nms(boxes[i:i + per_chunk], scores[i:i + per_chunk], valid[i:i + per_chunk],
+                       cfg.nms_threshold, plus_one=cfg.nms_plus_one)
+            for i in range(0, b, per_chunk)
+        ])
+
+    def detect(self, images: Sequence[np.ndarray] | Tensor, *,
+               resize: "ResizePolicy | str | int | None" = None, conf_threshold: float | None = None,
+               nms_threshold: float | None = None, top_k: int | None = None,
+               keep_top_k: int | None = None) -> list[Detections]:
+        """Detect faces; one :class:`Detections` per input image (tensors on the model's device)."""
+        overrides = {k: v for k, v in dict(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
+                                            top_k=top_k, keep_top_k=keep_top_k).items() if v is not None}
+        cfg = dataclasses.replace(self.postprocess_config, **overrides) if overrides else None
+        batch, scales = self.preprocess(images, resize=resize)
+        output = self.forward(batch)
+        return self.postprocess(output, (batch.shape[2], batch.shape[3]), scales, cfg)
+
+    __call__ = detect
