@@ -186,6 +186,55 @@ def _as_bgr_uint8(image: np.ndarray, index: int) -> np.ndarray:
     raise InputImageError(f"image {index}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
 
 
+class _PaddingMask:
+    """Make a padded mixed-size batch behave like each image run alone.
+
+    Alone, every convolution of an image sees zeros beyond the image border (its own zero padding).
+    In a padded batch, feature maps of the padding region are not zero after the first layer (biases,
+    activations), and spatial convolutions would leak them into the image's border pixels. While
+    active, this zeroes the input of every spatial (k > 1) convolution and pooling outside each
+    image's valid region at that layer's resolution (``ceil(size / stride)``), so border detections
+    match the single-image ones. FPN nearest upsampling needs no help: for these sizes it maps the
+    valid region exactly as the unpadded map would.
+    """
+
+    def __init__(self, model: torch.nn.Module, sizes: Tensor, input_hw: tuple[int, int]) -> None:
+        self.model = model
+        self.sizes = sizes  # [B, 2] valid (h, w) in network-input pixels
+        self.input_hw = input_hw
+        self._masks: dict[tuple[int, int], Tensor] = {}
+        self._handles: list = []
+
+    def _mask(self, hw: tuple[int, int], like: Tensor) -> Tensor:
+        m = self._masks.get(hw)
+        if m is None:
+            stride_h = 2 ** round(np.log2(self.input_hw[0] / hw[0]))
+            stride_w = 2 ** round(np.log2(self.input_hw[1] / hw[1]))
+            vh = torch.ceil(self.sizes[:, 0] / stride_h)
+            vw = torch.ceil(self.sizes[:, 1] / stride_w)
+            rows = torch.arange(hw[0], device=like.device)[None, :] < vh[:, None]
+            cols = torch.arange(hw[1], device=like.device)[None, :] < vw[:, None]
+            m = (rows[:, :, None] & cols[:, None, :])[:, None].to(like.dtype)
+            self._masks[hw] = m
+        return m
+
+    def _hook(self, module, args):
+        x = args[0]
+        return (x * self._mask((x.shape[-2], x.shape[-1]), x),) + tuple(args[1:])
+
+    def __enter__(self) -> "_PaddingMask":
+        for module in self.model.modules():
+            spatial_conv = isinstance(module, torch.nn.Conv2d) and max(module.kernel_size) > 1
+            if spatial_conv or isinstance(module, torch.nn.MaxPool2d):
+                self._handles.append(module.register_forward_pre_hook(self._hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
 class Detector:
     """RetinaFace inference on batches of images of any sizes.
 
@@ -233,7 +282,7 @@ class Detector:
                    postprocess=PostprocessConfig(**postprocess))
 
     # ------------------------------------------------------------------ preprocessing
-    def _preprocess_arrays(self, images: Sequence[np.ndarray], policy: ResizePolicy) -> tuple[Tensor, Tensor]:
+    def _preprocess_arrays(self, images: Sequence[np.ndarray], policy: ResizePolicy) -> tuple[Tensor, Tensor, Tensor]:
         prepared: list[np.ndarray] = []
         scales: list[float] = []
         for i, img in enumerate(images):
@@ -251,13 +300,14 @@ class Detector:
             t = torch.from_numpy(np.ascontiguousarray(p)).to(self.device, non_blocking=True)
             t = t.permute(2, 0, 1)[self._channel_order].float()
             batch[i, :, : p.shape[0], : p.shape[1]] = self._normalise(t[None])[0]
-        return batch, torch.tensor(scales, dtype=torch.float32, device=self.device)
+        sizes = torch.tensor([p.shape[:2] for p in prepared], dtype=torch.float32, device=self.device)
+        return batch, torch.tensor(scales, dtype=torch.float32, device=self.device), sizes
 
     def _normalise(self, x: Tensor) -> Tensor:
         x = x - self._mean
         return x if self._unit_std else x / self._std
 
-    def _preprocess_tensor(self, images: Tensor, policy: ResizePolicy) -> tuple[Tensor, Tensor]:
+    def _preprocess_tensor(self, images: Tensor, policy: ResizePolicy) -> tuple[Tensor, Tensor, Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputImageError(f"expected a Tensor[B, 3, H, W] of BGR pixels, got shape {tuple(images.shape)}")
         if images.numel() == 0:
@@ -268,11 +318,13 @@ class Detector:
             size = (int(round(x.shape[2] * s)), int(round(x.shape[3] * s)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         scales = torch.full((x.shape[0],), s, dtype=torch.float32, device=self.device)
-        return self._normalise(x), scales
+        sizes = torch.tensor([x.shape[2:]] * x.shape[0], dtype=torch.float32, device=self.device)
+        return self._normalise(x), scales, sizes
 
     def preprocess(self, images: Sequence[np.ndarray] | Tensor, *,
-                   resize: "ResizePolicy | str | int | None" = None) -> tuple[Tensor, Tensor]:
-        """-> ``(Tensor[B, 3, H, W]`` network input (padded to the largest image), ``Tensor[B]`` scales)."""
+                   resize: "ResizePolicy | str | int | None" = None) -> tuple[Tensor, Tensor, Tensor]:
+        """-> ``(Tensor[B, 3, H, W]`` network input (zero-padded bottom/right to the largest image),
+        ``Tensor[B]`` resize factors, ``Tensor[B, 2]`` valid (h, w) of each image in the input)."""
         policy = self.resize if resize is None else ResizePolicy.parse(resize)
         if isinstance(images, Tensor):
             return self._preprocess_tensor(images, policy)
@@ -284,10 +336,17 @@ class Detector:
 
     # ------------------------------------------------------------------ forward / postprocess
     @torch.inference_mode()
-    def forward(self, batch: Tensor) -> RetinaFaceOutput:
+    def forward(self, batch: Tensor, sizes: Tensor | None = None) -> RetinaFaceOutput:
+        """Network outputs for a preprocessed batch. ``sizes`` (``Tensor[B, 2]``, valid h, w) makes a
+        padded mixed-size batch give each image the result it would get alone."""
         if self.fp16:
             batch = batch.half()
-        return self.model(batch.contiguous(memory_format=torch.channels_last))
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        full = torch.tensor(batch.shape[2:], dtype=torch.float32, device=batch.device)
+        if sizes is None or bool((sizes == full).all()):
+            return self.model(batch)
+        with _PaddingMask(self.model, sizes, (batch.shape[2], batch.shape[3])):
+            return self.model(batch)
 
     @torch.inference_mode()
     def postprocess(self, output: RetinaFaceOutput, input_size: tuple[int, int], scales: Tensor,
@@ -311,14 +370,14 @@ class Detector:
         valid = top_scores > cfg.conf_threshold
         anchors = self.anchors(input_size[0], input_size[1], device=dev)[top_idx]  # [B, K, 4]
         deltas = torch.gather(output.bbox_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 4))
-        boxes = self.coder.decode_boxes(deltas, anchors)
+        inv = (1.0 / scales).view(-1, 1, 1)
+        # NMS in original-image pixels, as the reference does: with the +1-pixel area convention the
+        # IoU depends on the scale the boxes are expressed at.
+        boxes = self.coder.decode_boxes(deltas, anchors) * inv
         keep = self._nms(boxes, top_scores, valid, cfg)
         keep &= keep.cumsum(dim=1) <= cfg.keep_top_k
         ldeltas = torch.gather(output.landmark_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 10))
-        landmarks = self.coder.decode_landmarks(ldeltas, anchors)
-        inv = (1.0 / scales).view(-1, 1, 1)
-        boxes = boxes * inv
-        landmarks = landmarks * inv[..., None]
+        landmarks = self.coder.decode_landmarks(ldeltas, anchors) * inv[..., None]
         return [Detections(boxes[b][keep[b]], top_scores[b][keep[b]], landmarks[b][keep[b]])
                 for b in range(batch_size)]
 
@@ -341,8 +400,8 @@ class Detector:
         overrides = {k: v for k, v in dict(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
                                             top_k=top_k, keep_top_k=keep_top_k).items() if v is not None}
         cfg = dataclasses.replace(self.postprocess_config, **overrides) if overrides else None
-        batch, scales = self.preprocess(images, resize=resize)
-        output = self.forward(batch)
+        batch, scales, sizes = self.preprocess(images, resize=resize)
+        output = self.forward(batch, sizes)
         return self.postprocess(output, (batch.shape[2], batch.shape[3]), scales, cfg)
 
     __call__ = detect

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -145,18 +143,19 @@ def resolve_weights(name_or_path: str | Path | None = None, *, allow_download: b
     ``name_or_path`` is a file path or a registry name (``"mobilenet0.25"``, ``"resnet50"``);
     ``None`` means the default ``"mobilenet0.25"``.
     """
-    if name_or_path is not None and (Path(name_or_path).suffix or os.sep in str(name_or_path)
-                                     or Path(name_or_path).exists()):
+    if name_or_path is not None and (Path(name_or_path).exists() or str(name_or_path) not in KNOWN_WEIGHTS):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"weights file not found: {path}")
+            looks_like_path = path.suffix or os.sep in str(name_or_path)
+            if looks_like_path:
+                raise CheckpointError(f"weights file not found: {path}")
+            raise CheckpointError(
+                f"{str(name_or_path)!r} is neither a file nor a known checkpoint; known: "
+                f"{', '.join(sorted(KNOWN_WEIGHTS))}"
+            )
         return path
-    name = str(name_or_path or "mobilenet0.25")
-    known = KNOWN_WEIGHTS.get(name)
-    if known is None:
-        raise CheckpointError(
-            f"{name!r} is neither a file nor a known checkpoint; known: {', '.join(sorted(KNOWN_WEIGHTS))}"
-        )
+    known = KNOWN_WEIGHTS[str(name_or_path or "mobilenet0.25")]
+    name = known.name
     env = os.environ.get(WEIGHTS_ENV)
     if env:
         p = Path(env).expanduser()
@@ -184,8 +183,7 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"weights file not found: {path}") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError,
-            AttributeError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # the unpickler raises anything from KeyError to UnpicklingError on junk
         size = path.stat().st_size if path.exists() else 0
         raise CheckpointError(
             f"{path}: not a readable torch checkpoint ({size} bytes; possibly truncated or not a "

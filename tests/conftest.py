@@ -25,3 +25,19 @@ def ray_session():
                  configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def detector_factory(mobilenet_weights):
+    """Zero-argument factory of the reference CPU detector (what Ray actors and workers call)."""
+    import functools
+
+    from detector import Detector
+
+    return functools.partial(Detector.from_weights, mobilenet_weights, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def detector(detector_factory):
+    """The reference MobileNet-0.25 RetinaFace on CPU, loaded once per session."""
+    return detector_factory()
