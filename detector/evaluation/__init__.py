@@ -1,0 +1,49 @@
+"""Evaluation: WIDER FACE AP (:mod:`.widerface`) and test-time augmentation (:mod:`.tta`).
+
+Only the numpy-only WIDER FACE evaluator is imported here, so that scoring a prediction folder
+does not import torch; import :mod:`detector.evaluation.tta` explicitly for TTA.
+"""
+
+from detector.evaluation.widerface import (
+    SETTINGS,
+    PredictionFormatError,
+    SettingResult,
+    WiderFaceEvalConfig,
+    WiderFaceEvaluator,
+    WiderFaceGroundTruth,
+    WiderFaceResult,
+    bbox_overlaps_plus_one,
+    evaluate_folder,
+    iter_image_files,
+    load_ground_truth,
+    plot_pr_curves,
+    predict_submission,
+    read_prediction_file,
+    read_submission,
+    voc_ap,
+    write_prediction_file,
+    write_detections,
+    write_submission,
+)
+
+__all__ = [
+    "SETTINGS",
+    "PredictionFormatError",
+    "SettingResult",
+    "WiderFaceEvalConfig",
+    "WiderFaceEvaluator",
+    "WiderFaceGroundTruth",
+    "WiderFaceResult",
+    "bbox_overlaps_plus_one",
+    "evaluate_folder",
+    "iter_image_files",
+    "load_ground_truth",
+    "plot_pr_curves",
+    "predict_submission",
+    "read_prediction_file",
+    "read_submission",
+    "voc_ap",
+    "write_prediction_file",
+    "write_detections",
+    "write_submission",
+]
