@@ -1,0 +1,202 @@
+"""Alignment sources: how the ArcFace 112x112 crop of a verification photo is made.
+
+* ``provided``: the protocol's own five landmarks (IJB-C's ``name_5pts_score`` file), aligned with the
+  pipeline's ArcFace similarity alignment (:func:`pipeline.align.align_faces`); degenerate landmarks
+  (all points equal) give no crop (``NO_FACE``, counted).
+* ``detector``: our RetinaFace on the photo through the pipeline's :class:`pipeline.stage.FaceAligner`,
+  one face chosen by :func:`pipeline.select.select_faces` (largest by default, or most central),
+  aligned the same way. When the detector
+  finds no face, the protocol's landmarks are used instead (status ``FALLBACK``, counted); without
+  protocol landmarks the photo has no crop for this source (``NO_FACE``).
+* ``box``: no alignment, the baseline: the square with the chosen detection box's centre and longer
+  side, scaled to the crop size with ``cv2.warpAffine`` (no rotation). When the detector finds no
+  face, the whole photo's centred square is used (``FALLBACK``, counted) - for loose face crops
+  that is the face; for other photos it is the honest "no detector" baseline.
+
+The detector runs once per photo and serves both ``detector`` and ``box``. Confidence is
+``score >= conf_threshold`` (the aligner's rule; the golden run's ``> 0.5`` differs only at exactly 0.5).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+
+from pipeline.align import align_faces
+from pipeline.select import SELECT_MODES
+
+PROVIDED = "provided"
+DETECTOR = "detector"
+BOX = "box"
+ALIGNMENT_SOURCES: tuple[str, ...] = (PROVIDED, DETECTOR, BOX)
+
+
+def parse_sources(spec: str | Iterable[str]) -> tuple[str, ...]:
+    """``"detector,box"`` -> ``("detector", "box")``; validates names, refuses duplicates."""
+    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("no alignment source given; choose from " + ", ".join(ALIGNMENT_SOURCES))
+    unknown = [n for n in names if n not in ALIGNMENT_SOURCES]
+    if unknown:
+        raise ValueError(f"unknown alignment source(s) {unknown}; choose from {', '.join(ALIGNMENT_SOURCES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"alignment source listed twice in {names}")
+    return tuple(names)
+
+
+class CropStatus(enum.IntEnum):
+    OK = 0
+    FALLBACK = 1
+    """Detector found no face: ``detector`` used the protocol landmarks, ``box`` the whole photo."""
+    NO_FACE = 2
+    MISSING = 3
+    UNREADABLE = 4
+
+    @property
+    def usable(self) -> bool:
+        return self in (CropStatus.OK, CropStatus.FALLBACK)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorSettings:
+    """RetinaFace settings for the ``detector``/``box`` sources (defaults: the golden deepface run)."""
+
+    weights: Path | str | None = None
+    """Weights file or registry name; ``None`` is the detector package's default (MobileNet-0.25)."""
+    preset: str | None = None
+    resize: str = "cap:1024"
+    """Image scaling before the network (``detector.inference.ResizePolicy.parse``); ``cap:1024``
+    only shrinks photos whose long side exceeds 1024."""
+    conf_threshold: float = 0.5
+    nms_threshold: float = 0.4
+    select: str = "largest"
+    """Which face of the photo: ``largest`` or ``central`` (area minus twice the squared centre offset)."""
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECT_MODES or self.select == "all":
+            raise ValueError(f"select must be one of largest, central, score; got {self.select!r}")
+        if not 0.0 <= self.conf_threshold < 1.0:
+            raise ValueError(f"conf_threshold must be in [0, 1), got {self.conf_threshold}")
+
+    def build_aligner(self, image_size: int = 112) -> Any:
+        """The pipeline's :class:`pipeline.stage.FaceAligner` (detect, select one face, align) with these settings."""
+        from functools import partial
+
+        from detector.inference import Detector
+        from pipeline.stage import AlignConfig, FaceAligner
+
+        factory = partial(
+            Detector.from_weights, self.weights, preset=self.preset, device=self.device, resize=self.resize,
+            conf_threshold=self.conf_threshold, nms_threshold=self.nms_threshold,
+        )
+        config = AlignConfig(image_size=image_size, select=self.select, max_faces=1,
+                             min_score=self.conf_threshold, resize=self.resize)
+        return FaceAligner(detector=factory, config=config)
+
+    def to_json(self) -> dict:
+        return {
+            "weights": None if self.weights is None else str(self.weights), "preset": self.preset,
+            "resize": self.resize, "conf_threshold": self.conf_threshold,
+            "nms_threshold": self.nms_threshold, "select": self.select,
+        }
+
+
+def square_box_matrix(box: np.ndarray, size: int = 112) -> np.ndarray:
+    """``[2, 3]`` matrix mapping the square of ``box``'s centre and longer side onto ``[0, size]^2``.
+
+    Pure scale and translation: ``x' = s * (x - (cx - L / 2))`` with ``s = size / L``.
+    """
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    side = max(x2 - x1, y2 - y1)
+    if not side > 0:
+        raise ValueError(f"degenerate box {box}")
+    s = size / side
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    return np.array([[s, 0.0, s * (side / 2.0 - cx)], [0.0, s, s * (side / 2.0 - cy)]], dtype=np.float64)
+
+
+def box_crop(image: np.ndarray, box: np.ndarray, size: int = 112) -> np.ndarray:
+    """The ``box`` source's crop: square of the box's centre and longer side, resized, no rotation."""
+    return cv2.warpAffine(image, square_box_matrix(box, size), (size, size), flags=cv2.INTER_LINEAR,
+                          borderValue=0.0)
+
+
+def whole_image_box(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    return np.array([0.0, 0.0, float(w), float(h)])
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PhotoCrops:
+    """Crops of one photo for each requested source (``None`` where the source has none)."""
+
+    crops: dict[str, np.ndarray | None]
+    status: dict[str, CropStatus]
+    scores: dict[str, float]
+    """Faceness score per source: the detection score, or the protocol's score on fallback (1.0 if none)."""
+
+
+class CropMaker:
+    """Makes every requested source's crop of one photo; the face aligner (if needed) runs once.
+
+    ``aligner`` is the pipeline's :class:`pipeline.stage.FaceAligner` (``DetectorSettings.build_aligner``)
+    configured to keep one face; it serves the ``detector`` source (its aligned crop) and the ``box``
+    source (the chosen face's box).
+    """
+
+    def __init__(self, *, sources: tuple[str, ...], aligner: Any | None = None, image_size: int = 112):
+        self.sources = parse_sources(sources)
+        self.needs_detector = DETECTOR in self.sources or BOX in self.sources
+        if self.needs_detector and aligner is None:
+            raise ValueError(f"sources {self.sources} need a face aligner (detector)")
+        if aligner is not None and aligner.config.image_size != image_size:
+            raise ValueError(f"aligner makes {aligner.config.image_size}px crops, expected {image_size}px")
+        self.aligner = aligner
+        self.image_size = image_size
+
+    def detect(self, image: np.ndarray) -> Any | None:
+        """The selected :class:`pipeline.stage.AlignedFace` of ``image`` (BGR), or ``None``."""
+        faces = self.aligner.align([image])[0]
+        return faces[0] if faces else None
+
+    def __call__(self, image: np.ndarray, *, landmarks: np.ndarray | None = None,
+                 score: float | None = None) -> PhotoCrops:
+        crops: dict[str, np.ndarray | None] = {}
+        status: dict[str, CropStatus] = {}
+        scores: dict[str, float] = {}
+        fallback_score = 1.0 if score is None else float(score)
+        provided_crop = None
+        if PROVIDED in self.sources and landmarks is None:
+            raise ValueError("the 'provided' source needs protocol landmarks for every photo")
+        if landmarks is not None and (PROVIDED in self.sources or DETECTOR in self.sources):
+            try:
+                provided_crop = align_faces(image, np.asarray(landmarks, np.float64)[None], self.image_size).crops[0]
+            except ValueError:  # degenerate protocol landmarks (e.g. all points equal): no provided face
+                provided_crop = None
+        if PROVIDED in self.sources:
+            if provided_crop is None:
+                crops[PROVIDED], status[PROVIDED], scores[PROVIDED] = None, CropStatus.NO_FACE, 0.0
+            else:
+                crops[PROVIDED], status[PROVIDED], scores[PROVIDED] = provided_crop, CropStatus.OK, fallback_score
+        face = self.detect(image) if self.needs_detector else None
+        if DETECTOR in self.sources:
+            if face is not None:
+                crops[DETECTOR], status[DETECTOR], scores[DETECTOR] = face.crop, CropStatus.OK, face.score
+            elif provided_crop is not None:
+                crops[DETECTOR], status[DETECTOR], scores[DETECTOR] = provided_crop, CropStatus.FALLBACK, fallback_score
+            else:
+                crops[DETECTOR], status[DETECTOR], scores[DETECTOR] = None, CropStatus.NO_FACE, 0.0
+        if BOX in self.sources:
+            if face is not None:
+                crops[BOX], status[BOX], scores[BOX] = box_crop(image, face.box, self.image_size), CropStatus.OK, face.score
+            else:
+                crops[BOX] = box_crop(image, whole_image_box(image), self.image_size)
+                status[BOX], scores[BOX] = CropStatus.FALLBACK, fallback_score
+        return PhotoCrops(crops=crops, status=status, scores=scores)
