@@ -269,6 +269,8 @@ class Detector:
         std = torch.tensor(self.config.std, dtype=torch.float32)[order]
         self._mean = mean.to(device).view(1, 3, 1, 1)
         self._std = std.to(device).view(1, 3, 1, 1)
+        self._mean_hwc = mean.to(device)
+        self._std_hwc = std.to(device)
         self._unit_std = bool(torch.all(std == 1))
 
     @classmethod
@@ -295,13 +297,21 @@ class Detector:
             scales.append(s)
         hmax = max(p.shape[0] for p in prepared)
         wmax = max(p.shape[1] for p in prepared)
-        batch = torch.zeros((len(prepared), 3, hmax, wmax), dtype=torch.float32, device=self.device)
+        # Built as NHWC, the images' own layout: one copy per image, and the NCHW view handed to the
+        # network is already channels_last. The padding stays 0, i.e. the mean colour after
+        # normalisation, which is what a convolution's zero padding sees too.
+        batch = torch.zeros((len(prepared), hmax, wmax, 3), dtype=torch.float32, device=self.device)
         for i, p in enumerate(prepared):
-            t = torch.from_numpy(np.ascontiguousarray(p)).to(self.device, non_blocking=True)
-            t = t.permute(2, 0, 1)[self._channel_order].float()
-            batch[i, :, : p.shape[0], : p.shape[1]] = self._normalise(t[None])[0]
+            region = batch[i, : p.shape[0], : p.shape[1]]
+            region.copy_(torch.from_numpy(np.ascontiguousarray(p)).to(self.device, non_blocking=True))
+            if self._channel_order != [0, 1, 2]:
+                region.copy_(region[..., self._channel_order])
+            region.sub_(self._mean_hwc)
+            if not self._unit_std:
+                region.div_(self._std_hwc)
         sizes = torch.tensor([p.shape[:2] for p in prepared], dtype=torch.float32, device=self.device)
-        return batch, torch.tensor(scales, dtype=torch.float32, device=self.device), sizes
+        scales_t = torch.tensor(scales, dtype=torch.float32, device=self.device)
+        return batch.permute(0, 3, 1, 2), scales_t, sizes
 
     def _normalise(self, x: Tensor) -> Tensor:
         x = x - self._mean
@@ -358,15 +368,18 @@ class Detector:
         cfg = config or self.postprocess_config
         logits = output.cls_logits.float()
         batch_size = logits.shape[0]
-        scores = torch.softmax(logits, dim=-1)[..., 1]  # [B, A]
-        above = scores > cfg.conf_threshold
+        # softmax over (background, face) is sigmoid(face - background): rank and threshold on that
+        # margin, and only turn the K survivors into probabilities.
+        margin = logits[..., 1] - logits[..., 0]  # [B, A]
+        above = torch.sigmoid(margin) > cfg.conf_threshold
         k = min(int(above.sum(dim=1).max()), cfg.top_k)  # the one host sync
-        dev = scores.device
+        dev = margin.device
         if k == 0:
             empty = Detections(torch.zeros(0, 4, device=dev), torch.zeros(0, device=dev),
                                torch.zeros(0, 5, 2, device=dev))
             return [empty] * batch_size
-        top_scores, top_idx = scores.topk(k, dim=1)  # sorted, [B, K]
+        top_margin, top_idx = margin.topk(k, dim=1)  # sorted, [B, K]
+        top_scores = torch.sigmoid(top_margin)
         valid = top_scores > cfg.conf_threshold
         anchors = self.anchors(input_size[0], input_size[1], device=dev)[top_idx]  # [B, K, 4]
         deltas = torch.gather(output.bbox_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 4))
