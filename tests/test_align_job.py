@@ -1,0 +1,416 @@
+"""The align-dataset job: outputs, manifest, resume after SIGKILL, bad files, RecordIO."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.job import (
+    EXIT_FILES_FAILED,
+    EXIT_OK,
+    AlignJobConfig,
+    JobConfigError,
+    center_crop,
+    list_inputs,
+    plan_workers,
+    run_align_job,
+)
+from pipeline.recordio import ArcFaceRecordDataset
+from pipeline.stage import AlignConfig
+from pipeline.writers import TEMP_MARKER, ManifestWriter, OutputLayout, compact_manifest, load_manifest
+from tests.shared import asset
+
+REPO = Path(__file__).resolve().parents[1]
+DEEPFACE = "verification/deepface"
+META_FILES = {"manifest.jsonl", "summary.json", "job.json", "identities.tsv", "train.rec", "train.idx", "property",
+              ".align-job.lock"}
+
+
+def _output_files(dst: Path) -> set[str]:
+    return {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()} - META_FILES
+
+
+def _imread(path: Path) -> np.ndarray | None:
+    """cv2.imread segfaults (OpenCV 5.0) on names that are not UTF-8: decode the bytes instead."""
+    return cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+
+
+def _manifest_lines(dst: Path) -> list[dict]:
+    return [json.loads(line) for line in (dst / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _config(src: Path, dst: Path, weights: Path, **kw) -> AlignJobConfig:
+    kw.setdefault("num_workers", 2)
+    kw.setdefault("batch_size", 4)
+    return AlignJobConfig(src=src, dst=dst, weights=str(weights), progress=False, **kw)
+
+
+# ------------------------------------------------------------------------------------ no Ray
+
+
+def test_plan_never_gives_every_cpu_to_the_actors():
+    for cpus in (1, 2, 3, 4, 16, 64):
+        for workers in (None, 1, 3, 8):
+            plan = plan_workers({"CPU": cpus}, num_workers=workers)
+            assert plan.device == "cpu" and plan.gpus_per_actor == 0
+            # a read/decode task and a write task always fit next to the whole actor pool
+            assert plan.num_actors * plan.cpus_per_actor + plan.read_cpus + plan.write_cpus <= cpus + 1e-9
+            assert plan.read_cpus != plan.cpus_per_actor  # equal remote args would fuse read into the actors
+            assert plan.num_actors == (workers or cpus // (1 if cpus < 8 else 2))
+    gpu = plan_workers({"CPU": 16, "GPU": 2})
+    assert (gpu.device, gpu.num_actors, gpu.gpus_per_actor, gpu.batch_size) == ("cuda", 2, 1.0, 32)
+    assert plan_workers({"CPU": 16, "GPU": 2}, device="cpu").device == "cpu"
+    assert plan_workers({"CPU": 2}, batch_size=5, torch_threads=2).torch_threads == 2
+    with pytest.raises(JobConfigError):
+        plan_workers({"CPU": 4}, device="cuda")
+    plan = plan_workers({"CPU": 4})
+    assert plan.fitted(10_000) == plan
+    small = plan.fitted(3)  # a tiny job: one photo per batch, no idle actors
+    assert (small.batch_size, small.num_actors, small.cpus_per_actor) == (1, 3, plan.cpus_per_actor)
+
+
+def test_listing_is_sorted_case_insensitive_and_skips_hidden_and_dst(tmp_path):
+    src = tmp_path / "raw"
+    for rel in ("b/2.JPG", "b/1.png", "a/x.jpeg", "a/.hidden.jpg", "a/._fork.jpg", "notes.txt",
+                "c/d/e/deep.webp", ".cache/y.jpg", "out/old.jpg"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"x")
+    (src / "empty" / "nested").mkdir(parents=True)
+    assert list_inputs(src, exclude=src / "out") == ["a/x.jpeg", "b/1.png", "b/2.JPG", "c/d/e/deep.webp"]
+
+
+def test_output_layout_names_and_collisions():
+    layout = OutputLayout(ext="jpg")
+    assert layout.outputs("a/b", 1) == ["a/b.jpg"]
+    assert OutputLayout(ext="png", per_face=True).outputs("a/b", 3) == ["a/b_0.png", "a/b_1.png", "a/b_2.png"]
+    assert OutputLayout.colliding(["a/b.png", "a/b.jpg", "a/c.jpg", "b/b.jpg"]) == {"a/b.png", "a/b.jpg"}
+    assert OutputLayout.stem_of("a/b.png", keep_suffix=True) == "a/b.png"
+    with pytest.raises(ValueError):
+        layout.outputs("a/b", 2)
+
+
+def test_manifest_writer_repairs_a_torn_tail_and_compaction_keeps_the_latest(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    with ManifestWriter(path) as m:
+        m.append({"src": "a.jpg", "status": "error"})
+        m.append({"src": "b.jpg", "status": "ok"})
+    with open(path, "ab") as f:  # a writer killed in the middle of a line
+        f.write(b'{"src": "c.jpg", "sta')
+    assert set(load_manifest(path)) == {"a.jpg", "b.jpg"}  # the torn line is not trusted
+    with ManifestWriter(path) as m:  # reopening cuts the torn tail before appending
+        m.append({"src": "a.jpg", "status": "ok"})
+    assert path.read_text().splitlines()[-1] == '{"src": "a.jpg", "status": "ok"}'
+    assert "c.jpg" not in path.read_text() and path.read_text().count("\n") == 3
+    assert compact_manifest(path, keep=["a.jpg", "b.jpg"]) == 2
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [
+        {"src": "a.jpg", "status": "ok"}, {"src": "b.jpg", "status": "ok"}]
+
+
+def test_recordio_from_png_crops_reencodes_jpeg_within_tolerance(tmp_path):
+    from pipeline.job import write_recordio_from_manifest
+
+    photo = cv2.imread(str(asset("images/aligned112_insightface_tom_hanks.png")))
+    crops = {"b/x.png": photo, "b/y.png": photo[:, ::-1].copy(), "a/z.png": photo[::-1].copy()}
+    with ManifestWriter(tmp_path / "manifest.jsonl") as m:
+        for rel in sorted(crops):
+            (tmp_path / rel).parent.mkdir(exist_ok=True)
+            cv2.imwrite(str(tmp_path / rel), crops[rel])
+            m.append({"src": rel.replace(".png", ".jpg"), "status": "ok", "outputs": [rel]})
+        m.append({"src": "c/n.jpg", "status": "no_face", "outputs": []})
+    info = write_recordio_from_manifest(tmp_path, image_size=(112, 112), quality=95)
+    assert (info["images"], info["identities"]) == (3, 2)
+    with ArcFaceRecordDataset(tmp_path) as ds:
+        for i, rel in enumerate(sorted(crops)):
+            label, payload = ds[i]
+            assert label == (0 if rel.startswith("a/") else 1) and payload[:3] == b"\xff\xd8\xff"
+            decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR).astype(int)
+            assert np.abs(decoded - crops[rel]).mean() < 2.0  # JPEG q95
+
+
+def test_center_crop_keeps_the_middle():
+    image = np.zeros((100, 300, 3), np.uint8)
+    image[:, 100:200] = 255  # the central square is white, the sides black
+    crop = center_crop(image, (112, 112))
+    assert crop.shape == (112, 112, 3) and crop.min() == 255
+
+
+def test_demo_tree_is_built_from_shipped_photos(tmp_path):
+    from pipeline.demo import DEMO_FILES, build_demo_tree
+    from pipeline.images import read_image
+
+    files = build_demo_tree(tmp_path / "raw")
+    assert files == list(DEMO_FILES) and list_inputs(tmp_path / "raw") == sorted(files)
+    shapes = {rel: read_image(tmp_path / "raw" / rel).shape for rel in files}
+    assert shapes["group/t1.jpg"] == (886, 1280, 3) and shapes["eileen_collins/astronaut_half.jpg"] == (256, 256, 3)
+    before = (tmp_path / "raw" / "group" / "t1.jpg").stat().st_mtime_ns
+    assert build_demo_tree(tmp_path / "raw") == files  # existing files are kept
+    assert (tmp_path / "raw" / "group" / "t1.jpg").stat().st_mtime_ns == before
+
+
+def test_dry_run_writes_nothing_and_mismatched_settings_are_refused(tmp_path, mobilenet_weights):
+    src, dst = tmp_path / "raw", tmp_path / "aligned"
+    (src / "p").mkdir(parents=True)
+    shutil.copy(asset("images/aligned112_insightface_tom_hanks.png"), src / "p" / "a.png")
+    summary = run_align_job(_config(src, dst, mobilenet_weights, dry_run=True))
+    assert (summary.inputs, summary.processed, summary.dry_run) == (1, 0, True)
+    assert not dst.exists()
+    dst.mkdir()
+    previous = _config(src, dst, mobilenet_weights).fingerprint(Path(mobilenet_weights))
+    (dst / "job.json").write_text(json.dumps({"settings": {**previous, "image_size": 224}}))
+    with pytest.raises(JobConfigError, match="image_size: 224 -> 112"):
+        run_align_job(_config(src, dst, mobilenet_weights))
+    from pipeline.job import LOCK_NAME, _exclusive
+
+    with _exclusive(dst / LOCK_NAME):  # a second job on the same dst is refused
+        with pytest.raises(JobConfigError, match="another align job"):
+            run_align_job(_config(src, dst, mobilenet_weights, overwrite=True))
+
+
+def test_predictor_gives_the_same_result_from_file_bytes_and_from_decoded_pixels(tmp_path, mobilenet_weights):
+    """The two transports of :func:`read_images` (the actor decodes / the read task decodes),
+    through the predictor and the writer, without Ray."""
+    from pipeline.job import FaceCropPredictor, read_images, write_crops
+
+    names = ["img1.jpg", "img47.jpg", "master.csv"]  # img47.jpg is a WebP; the csv is not an image
+    batch = {"src": np.array([n.encode() for n in names], dtype=object),
+             "stem": np.array([f"out/{Path(n).stem}".encode() for n in names], dtype=object)}
+    predictor = FaceCropPredictor(weights=str(mobilenet_weights), align=AlignConfig(on_error="record"))
+    outputs = []
+    for decode in (False, True):
+        table = read_images(batch, src_root=str(asset(DEEPFACE)), decode=decode, max_pixels=None,
+                            exif_orientation=True)
+        assert table.column("height").to_pylist()[:2] == ([1868, 1800] if decode else [0, 0])
+        as_numpy = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+        outputs.append(predictor(as_numpy))
+    by_bytes, by_pixels = outputs
+    assert by_bytes.equals(by_pixels)
+    # GPU actors detect a whole batch per call (padded to the largest photo): same faces, crops +-1
+    batched = FaceCropPredictor(weights=str(mobilenet_weights), align=AlignConfig(on_error="record"),
+                                detect_batch_size=3)(as_numpy)
+    assert batched.column("status").equals(by_bytes.column("status"))
+    for row in (0, 1):
+        one, many = (np.frombuffer(t.column("crops")[row].as_py(), np.uint8).astype(int) for t in (by_bytes, batched))
+        assert one.shape == many.shape == (112 * 112 * 3,) and np.abs(one - many).max() <= 1
+    assert by_bytes.column("status").to_pylist() == ["ok", "ok", "error"]
+    assert "not a supported image" in by_bytes.column("error").to_pylist()[2]
+    result = write_crops({c: by_bytes.column(c).to_numpy(zero_copy_only=False) for c in by_bytes.column_names},
+                         dst_root=str(tmp_path), layout=OutputLayout(ext="png"), crop_shape=(112, 112), quality=95)
+    records = [json.loads(r) for r in result["record"]]
+    assert [r["outputs"] for r in records] == [["out/img1.png"], ["out/img47.png"], []]
+    crop = np.frombuffer(by_bytes.column("crops")[0].as_py(), np.uint8).reshape(112, 112, 3)
+    assert np.array_equal(_imread(tmp_path / "out/img1.png"), crop)  # PNG: lossless
+
+
+# ------------------------------------------------------------------------------------ Ray
+
+
+@pytest.mark.slow
+def test_deepface_crops_equal_the_aligner_stage_photo_by_photo(tmp_path, ray_session, mobilenet_weights):
+    """Acceptance 1: every photo gives one ok crop equal (+-1) to the aligner stage alone."""
+    from detector.inference import Detector
+    from pipeline.images import read_image
+    from pipeline.stage import FaceAligner
+
+    src = asset(DEEPFACE)
+    photos = list_inputs(src)
+    assert len(photos) == 62  # 62 photos + master.csv
+    dst = tmp_path / "aligned"
+    summary = run_align_job(_config(src, dst, mobilenet_weights, ext="png", batch_size=8))
+    assert summary.exit_code == EXIT_OK
+    assert summary.counts == {"ok": 62, "no_face": 0, "error": 0}
+    records = {r["src"]: r for r in _manifest_lines(dst)}
+    assert sorted(records) == photos
+    assert _output_files(dst) == {Path(p).with_suffix(".png").as_posix() for p in photos}
+
+    aligner = FaceAligner(detector=Detector.from_weights(mobilenet_weights), config=AlignConfig())
+    worst = 0
+    for rel in photos:
+        rec = records[rel]
+        assert rec["status"] == "ok" and rec["error"] == "" and len(rec["selected"]) == 1
+        alone = aligner.align([read_image(src / rel)])[0]
+        assert alone, rel
+        crop = _imread(dst / rec["outputs"][0])
+        worst = max(worst, int(np.abs(crop.astype(int) - alone[0].crop.astype(int)).max()))
+        face = rec["faces"][rec["selected"][0]]
+        np.testing.assert_allclose(face["landmarks"], alone[0].landmarks, atol=0.02)
+        assert face["score"] == pytest.approx(alone[0].score, abs=1e-4)
+    assert worst <= 1
+
+
+def _bad_tree(root: Path) -> dict[str, str]:
+    """Photos and broken files; returns relative path -> expected status."""
+    good = asset("images/group_insightface_t1.jpg").read_bytes()
+    small = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(asset(f"{DEEPFACE}/img1.jpg"))), (345, 467)))[1]
+    files = {
+        "group/t1.jpg": (good, "ok"),
+        "group/ünï cødé photo.jpg": (small.tobytes(), "ok"),
+        "person a/img 1.jpg": (small.tobytes(), "ok"),
+        "person a/img 1.png": (cv2.imencode(".png", cv2.imread(str(asset(f"{DEEPFACE}/img2.jpg"))))[1].tobytes(), "ok"),
+        "person a/zero.jpg": (b"", "error"),
+        "person a/truncated.jpg": (good[: len(good) // 2], "error"),
+        "person a/text.jpg": (b"this is not an image\n", "error"),
+        "root_level.jpg": (small.tobytes(), "ok"),
+        os.fsdecode(b"person a/latin1 \xe9t\xe9.jpg"): (small.tobytes(), "ok"),  # not UTF-8
+    }
+    for rel, (data, _) in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    import skimage.data
+
+    (root / "no_face").mkdir()
+    cv2.imwrite(str(root / "no_face" / "cat.jpg"), cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR))
+    os.symlink(root / "does-not-exist.jpg", root / "person a" / "dangling.jpg")  # unreadable (we run as root)
+    os.mkfifo(root / "person a" / "fifo.jpg")  # reading it would block forever
+    (root / "empty" / "nested").mkdir(parents=True)
+    (root / "group" / "notes.txt").write_text("not listed")
+    expected = {rel: status for rel, (_, status) in files.items()}
+    expected.update({"no_face/cat.jpg": "no_face", "person a/dangling.jpg": "error", "person a/fifo.jpg": "error"})
+    return expected
+
+
+@pytest.fixture(scope="module")
+def bad_tree_run(tmp_path_factory, ray_session, mobilenet_weights):
+    """One run (``--select all --format recordio``) over a tree with broken files mixed in."""
+    root = tmp_path_factory.mktemp("bad")
+    src, dst = root / "raw", root / "aligned"
+    expected = _bad_tree(src)
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import align_dataset
+    finally:
+        sys.path.pop(0)
+    code = align_dataset.main([
+        "--src", str(src), "--dst", str(dst), "--weights", str(mobilenet_weights), "--select", "all",
+        "--format", "recordio", "--num-workers", "2", "--batch-size", "3", "--no-progress",
+    ])
+    return src, dst, expected, code
+
+
+@pytest.mark.slow
+def test_bad_files_get_error_records_and_the_exit_code_says_so(bad_tree_run):
+    """Acceptance 3."""
+    src, dst, expected, code = bad_tree_run
+    assert code == EXIT_FILES_FAILED
+    records = {r["src"]: r for r in _manifest_lines(dst)}
+    assert {k: r["status"] for k, r in records.items()} == expected
+    reasons = {k: r["error"] for k, r in records.items()}
+    assert "empty file" in reasons["person a/zero.jpg"]
+    assert "truncated" in reasons["person a/truncated.jpg"]
+    assert "not a supported image" in reasons["person a/text.jpg"]
+    assert "cannot read file" in reasons["person a/dangling.jpg"]
+    assert "not a regular file" in reasons["person a/fifo.jpg"]
+    for rel, status in expected.items():
+        if status != "ok":
+            assert records[rel]["outputs"] == []
+    t1 = records["group/t1.jpg"]  # --select all: one crop per face, in detector order
+    assert len(t1["faces"]) == 6 and t1["selected"] == list(range(6))
+    assert t1["outputs"] == [f"group/t1_{i}.jpg" for i in range(6)]
+    assert records["group/ünï cødé photo.jpg"]["outputs"] == ["group/ünï cødé photo_0.jpg"]
+    # a.jpg and a.png would share a name: both keep their extension
+    assert records["person a/img 1.jpg"]["outputs"] == ["person a/img 1.jpg_0.jpg"]
+    assert records["person a/img 1.png"]["outputs"] == ["person a/img 1.png_0.jpg"]
+    assert _output_files(dst) == {o for r in records.values() for o in r["outputs"]}
+    summary = json.loads((dst / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 6, "no_face": 1, "error": 5} and summary["exit_code"] == 3
+
+
+@pytest.mark.slow
+def test_recordio_reads_back_as_arcface_torch_expects(bad_tree_run):
+    """Acceptance 4: same images and labels; header record semantics of MXFaceDataset."""
+    src, dst, _, _ = bad_tree_run
+    records = {r["src"]: r for r in _manifest_lines(dst)}
+    # identities = top-level folders in sorted-path order, that have ok crops
+    folders = ["group", "person a"]
+    crops = [(folders.index(src_rel.split("/")[0]), out) for src_rel in sorted(records)
+             if records[src_rel]["status"] == "ok" and "/" in src_rel for out in records[src_rel]["outputs"]]
+    with ArcFaceRecordDataset(dst) as ds:
+        assert ds.header.flag == 2 and ds.header0 == (len(crops) + 1, len(crops) + 1 + len(folders))
+        assert list(ds.image_indices) == list(range(1, len(crops) + 1))
+        assert ds.property.num_classes == 2 and (ds.property.height, ds.property.width) == (112, 112)
+        assert len(ds) == len(crops) == 10  # 6 + 1 in group/, 3 in "person a/"; root_level.jpg has no identity
+        ranges = ds.identity_ranges()
+        assert ranges == [(1, 8), (8, 11)]
+        for i, (label, out) in enumerate(crops):
+            got_label, payload = ds[i]
+            assert got_label == label
+            assert payload[:3] == b"\xff\xd8\xff"  # JPEG
+            got = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+            ref = _imread(dst / out)
+            assert got.shape == (112, 112, 3)
+            assert np.abs(got.astype(int) - ref.astype(int)).mean() < 1.0
+    assert (dst / "identities.tsv").read_text() == "0\tgroup\t7\n1\tperson a\t3\n"
+
+
+def _kill_tree(root: Path, count: int) -> list[str]:
+    photos = sorted(p for p in asset(DEEPFACE).iterdir() if p.suffix == ".jpg")[:6]
+    small = [cv2.resize(cv2.imread(str(p)), None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA) for p in photos]
+    rels = []
+    for i in range(count):
+        rel = f"id{i % 4}/photo_{i:03d}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), small[i % len(small)])
+        rels.append(rel)
+    return sorted(rels)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_exactly_one_valid_output_per_input(tmp_path, ray_session, mobilenet_weights):
+    """Acceptance 2: kill the CLI with SIGKILL mid-run, rerun, check outputs and manifest."""
+    src, dst = tmp_path / "raw", tmp_path / "aligned"
+    rels = _kill_tree(src, 48)
+    address = ray_session.get_runtime_context().gcs_address  # join the session's Ray: no second cluster
+    cmd = [sys.executable, str(REPO / "jobs" / "align_dataset.py"), "--src", str(src), "--dst", str(dst),
+           "--weights", str(mobilenet_weights), "--num-workers", "1", "--batch-size", "2", "--no-progress",
+           "--address", address]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = dst / "manifest.jsonl"
+    deadline = time.monotonic() + 150
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    before = manifest.read_bytes().count(b"\n")
+    assert 3 <= before < len(rels), before
+    # what a kill can also leave: a torn manifest line and a temporary crop file
+    with open(manifest, "ab") as f:
+        f.write(b'{"src": "' + rels[-1].encode() + b'", "status": "ok", "outp')
+    (dst / "id0" / f".photo_999.jpg{TEMP_MARKER}deadbeef").write_bytes(b"\xff\xd8partial")
+
+    summary = run_align_job(_config(src, dst, mobilenet_weights))
+    assert summary.already_done == before and summary.processed == len(rels) - before
+    assert summary.exit_code == EXIT_OK
+    lines = _manifest_lines(dst)
+    assert [r["src"] for r in lines] == rels  # one final record per input
+    assert all(r["status"] == "ok" and len(r["outputs"]) == 1 for r in lines)
+    assert _output_files(dst) == {Path(r).with_suffix(".jpg").as_posix() for r in rels}
+    assert not [p for p in dst.rglob("*") if TEMP_MARKER in p.name]
+    for rel in _output_files(dst):
+        img = _imread(dst / rel)
+        assert img is not None and img.shape == (112, 112, 3), rel
+
+    again = run_align_job(_config(src, dst, mobilenet_weights))  # nothing left to do
+    assert (again.already_done, again.processed) == (len(rels), 0)
+    (dst / lines[5]["outputs"][0]).unlink()  # a record whose output is gone is not trusted
+    redo = run_align_job(_config(src, dst, mobilenet_weights, overwrite=True, limit=3))
+    assert (redo.already_done, redo.processed) == (0, 3)  # --overwrite trusts nothing
+    fixed = run_align_job(_config(src, dst, mobilenet_weights))
+    assert (fixed.already_done, fixed.processed) == (len(rels) - 1, 1)
+    assert [r["src"] for r in _manifest_lines(dst)] == rels and (dst / lines[5]["outputs"][0]).is_file()
+
