@@ -300,8 +300,10 @@ class Detector:
         # Built as NHWC, the images' own layout: one copy per image, and the NCHW view handed to the
         # network is already channels_last. The padding stays 0, i.e. the mean colour after
         # normalisation, which is what a convolution's zero padding sees too.
-        batch = torch.zeros((len(prepared), hmax, wmax, 3), dtype=torch.float32, device=self.device)
+        batch = torch.empty((len(prepared), hmax, wmax, 3), dtype=torch.float32, device=self.device)
         for i, p in enumerate(prepared):
+            batch[i, p.shape[0]:].zero_()
+            batch[i, : p.shape[0], p.shape[1]:].zero_()
             region = batch[i, : p.shape[0], : p.shape[1]]
             region.copy_(torch.from_numpy(np.ascontiguousarray(p)).to(self.device, non_blocking=True))
             if self._channel_order != [0, 1, 2]:
