@@ -1,24 +1,33 @@
 #!/usr/bin/env python
 """Throughput and memory of the align job against a plain sequential loop.
 
-    python benchmarks/bench_align_job.py --photos 248 --json runs/bench_align_job.json
+    python benchmarks/bench_align_job.py [--photos 2000] [--rounds 1] [--json runs/bench_align_job.json]
 
-Builds a source tree of ``--photos`` copies of the deepface verification photos (one
-sub-folder per 20 photos) in a temporary folder, then, each in a fresh child process:
+Builds a source tree of ``--photos`` copies of the 62 deepface verification photos (cycled, one
+sub-folder per 20 photos) in a temporary folder, then runs, each in a fresh child process:
 
-* ``loop``: for each photo, read and decode it, detect (one photo per detector call), pick the
-  largest face, ``norm_crop`` it, encode and write it. Variants (``--loops``): ``plain`` uses
-  the library's defaults (torch's thread count, ``Detector``'s own input size: the original
-  photo); ``matched`` detects at the job's input size (``AlignConfig().resize``, long side capped
-  at 1024), so that only the execution differs; ``matched-1thread`` also uses one torch thread;
-* ``job``: ``run_align_job`` with a local Ray started by the job, default plan (flags override),
-  at ``--photos`` and at half as many, to show that memory does not grow with the photo count.
+* the loop, on the first ``--loop-photos`` photos (whole cycles of the 62, so its photos/s is a
+  rate over the same mix of photos as the job's): for each photo read and decode it, detect (one
+  photo per detector call), pick the largest face >= 0.5, ``norm_crop`` it, encode and write it.
+  Its clock starts after torch is imported and the model loaded. Variants (``--loops``):
+  ``matched`` detects at the job's input size (``AlignConfig().resize``: long side capped at
+  1024 px), so that only the execution differs; ``matched-1thread`` also pins one torch thread;
+  ``plain`` uses the detector's own default (the original photo, as the reference detect.py
+  does), on ``--plain-photos`` photos only, because it is ~10x slower;
+* the job: ``run_align_job`` with a local Ray started by the job and its default plan (flags
+  override), on all ``--photos``; its photos/s runs from the dataset's start (Ray already up) to
+  the last manifest record, so it includes starting the actors and loading the model;
+* with ``--rounds N`` the matched loops and the job run N times, interleaved (the machine's speed
+  drifts), and the medians are reported;
+* the job once more on half as many photos, to show that memory does not grow with their number.
 
-The job and the loops share the alignment settings (``AlignConfig()``: score >= 0.5, largest face,
-112x112 ArcFace crop, JPEG q95); the job detects at ``AlignConfig().resize`` (long side capped at
-1024 px). Memory is the peak of the summed proportional set size (PSS: shared pages such as
-Ray's object store counted once) of the child and all its descendants (Ray's GCS, raylet and
-workers), read from /proc (Linux) every 0.25 s.
+Memory is the peak summed proportional set size (PSS: pages shared between processes, such as
+Ray's object store and the torch libraries, counted once) of the child and all its descendants
+(Ray's GCS, raylet and workers), read from /proc (Linux) every ``--sample-s`` seconds. One sample
+of a Ray process tree costs ~0.13 s of CPU; sampling every 0.25 s took a sixth of this 2-core
+machine from the job, hence the 5 s default. Growth is judged within the full-size run after its warm-up
+(peak of the first half against the second half: a trend, not the luck of which sample lands on a
+12-megapixel photo in flight) and between the half-size and the full-size runs.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,11 +51,17 @@ if str(REPO) not in sys.path:
 from tests.shared import MOBILENET_WEIGHTS, asset  # noqa: E402  (the one locator of ../shared)
 
 PHOTOS_PER_IDENTITY = 20
+TARGET_SPEEDUP = 1.5
+
+
+def source_photos() -> list[Path]:
+    return sorted(p for p in asset("verification/deepface").iterdir() if p.suffix == ".jpg")
 
 
 def build_source(root: Path, count: int) -> list[Path]:
-    """``count`` copies of the deepface photos (cycled) under ``root/idXXX/``."""
-    photos = sorted(p for p in asset("verification/deepface").iterdir() if p.suffix == ".jpg")
+    """``count`` copies of the deepface photos (cycled) under ``root/idXXX/``; sorted paths are in
+    cycle order, so the first ``k * 62`` photos are ``k`` whole cycles."""
+    photos = source_photos()
     out = []
     for i in range(count):
         p = photos[i % len(photos)]
@@ -67,16 +83,16 @@ LOOPS = {
 }
 
 
-def run_loop(src: Path, dst: Path, weights: str, variant: str) -> dict:
+def run_loop(src: Path, dst: Path, weights: str, variant: str, limit: int | None) -> dict:
     """Read, detect one photo, pick the largest face >= 0.5, norm_crop, encode, write."""
     import cv2
     import torch
 
     from detector.inference import Detector
     from pipeline.align import norm_crop
+    from pipeline.config import AlignConfig
     from pipeline.images import read_image
     from pipeline.select import select_faces
-    from pipeline.stage import AlignConfig
 
     threads, resize = LOOPS[variant]
     if threads:
@@ -84,7 +100,7 @@ def run_loop(src: Path, dst: Path, weights: str, variant: str) -> dict:
     cfg = AlignConfig()
     detector = Detector.from_weights(weights)
     resize = cfg.resize if resize == "job" else None  # None: the detector's own default
-    photos = sorted(p for p in src.rglob("*.jpg"))
+    photos = sorted(p for p in src.rglob("*.jpg"))[:limit]
     faces = 0
     t0 = time.perf_counter()
     for path in photos:
@@ -116,11 +132,12 @@ def run_job(src: Path, dst: Path, weights: str, num_workers: int | None, batch_s
     summary = run_align_job(AlignJobConfig(src=src, dst=dst, weights=weights, num_workers=num_workers,
                                            batch_size=batch_size, torch_threads=torch_threads,
                                            decode=decode, progress=False))
+    end_to_end = time.perf_counter() - t0
     return {"photos": summary.processed, "faces": summary.crops_written,
-            "seconds_processing": summary.process_s, "seconds_end_to_end": round(time.perf_counter() - t0, 3),
+            "seconds_processing": summary.process_s, "seconds_end_to_end": round(end_to_end, 3),
             "photos_per_s": summary.photos_per_s, "warmup_s": summary.warmup_s,
             "steady_photos_per_s": summary.steady_photos_per_s,
-            "photos_per_s_end_to_end": round(summary.processed / (time.perf_counter() - t0), 3),
+            "photos_per_s_end_to_end": round(summary.processed / end_to_end, 3),
             "counts": summary.counts, "plan": summary.plan}
 
 
@@ -159,96 +176,155 @@ def _tree_pss(pid: int) -> int:
     return total
 
 
-def measure(cmd: list[str]) -> tuple[dict, dict]:
+def measure(cmd: list[str], sample_s: float) -> tuple[dict, dict]:
     """Run a child mode; returns (its JSON result, memory stats)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     samples: list[tuple[float, int]] = []
+    stop = threading.Event()
     t0 = time.perf_counter()
 
     def sample() -> None:
-        while proc.poll() is None:
+        while proc.poll() is None and not stop.is_set():
             samples.append((time.perf_counter() - t0, _tree_pss(proc.pid)))
-            time.sleep(0.25)
+            stop.wait(sample_s)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     out, _ = proc.communicate()
+    stop.set()
     thread.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[2]} failed with exit code {proc.returncode}")
+        raise RuntimeError(f"{' '.join(cmd[2:4])} failed with exit code {proc.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
-    values = [v for _, v in samples] or [0]
-    half = len(values) // 2
-    memory = {
-        "peak_pss_mb": round(max(values) / 2**20, 1),
-        "peak_pss_first_half_mb": round(max(values[:half] or [0]) / 2**20, 1),
-        "peak_pss_second_half_mb": round(max(values[half:]) / 2**20, 1),
-        "samples": len(values),
-    }
-    return result, memory
+    mb = [(round(t, 1), round(v / 2**20, 1)) for t, v in samples] or [(0.0, 0.0)]
+    return result, {"peak_pss_mb": max(v for _, v in mb), "samples": len(samples),
+                    "seconds": round(time.perf_counter() - t0, 3), "pss_mb_trace": mb}
+
+
+def steady_halves(res: dict) -> tuple[float, float]:
+    """Peak PSS in the first and second half of a job run after its warm-up (when the first
+    records arrive, every process is up and has met its first photos)."""
+    start = res["seconds"] - res["seconds_processing"] + res["warmup_s"]  # processing ends as the child does
+    trace = [(t, v) for t, v in res["pss_mb_trace"] if t >= start]
+    if len(trace) < 2:
+        return 0.0, 0.0
+    middle = (start + res["seconds"]) / 2
+    first = [v for t, v in trace if t < middle] or [0.0]
+    second = [v for t, v in trace if t >= middle] or [0.0]
+    return max(first), max(second)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("mode", nargs="?", default="bench", choices=("bench", "loop", "job"), help=argparse.SUPPRESS)
-    p.add_argument("--photos", type=int, default=248, help="photos in the source tree (default 248)")
+    p.add_argument("--photos", type=int, default=2000, help="photos in the job's source tree")
+    p.add_argument("--loop-photos", type=int, default=496, help="photos the matched loops process (8 cycles)")
+    p.add_argument("--plain-photos", type=int, default=124, help="photos the plain loop processes (2 cycles)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the matched loops and the job")
+    p.add_argument("--loops", nargs="*", choices=sorted(LOOPS), default=["matched", "matched-1thread", "plain"],
+                   help="loop variants")
     p.add_argument("--weights", default=None, help="RetinaFace weights (default: the shared MobileNet file)")
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--torch-threads", type=int)
-    p.add_argument("--decode", choices=("auto", "tasks", "actors"), default="auto")
-    p.add_argument("--skip-loop", action="store_true")
-    p.add_argument("--loops", nargs="*", choices=sorted(LOOPS), default=["plain", "matched"],
-                   help="loop variants to run (default: plain matched)")
-    p.add_argument("--no-half", action="store_true", help="skip the half-size job run")
-    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--num-workers", type=int, help="job: detector actors (default: the job's plan)")
+    p.add_argument("--batch-size", type=int, help="job: largest chunk (default: the job's plan)")
+    p.add_argument("--torch-threads", type=int, help="job: torch threads per actor")
+    p.add_argument("--decode", choices=("auto", "tasks", "actors"), default="auto", help="job: where to decode")
+    p.add_argument("--no-half", action="store_true", help="skip the half-size job run (memory check)")
+    p.add_argument("--sample-s", type=float, default=5.0, help="seconds between memory samples")
+    p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     weights = args.weights or str(asset(MOBILENET_WEIGHTS))
 
     if args.mode == "loop":
-        print(json.dumps(run_loop(args.src, args.dst, weights, args.loops[0])))
+        print(json.dumps(run_loop(args.src, args.dst, weights, args.loops[0], args.limit)))
         return 0
     if args.mode == "job":
         print(json.dumps(run_job(args.src, args.dst, weights, args.num_workers, args.batch_size,
                                  args.torch_threads, args.decode)))
         return 0
 
-    results: dict = {"photos": args.photos, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}
+    cycle = len(source_photos())
+    results: dict = {"photos": args.photos, "cpus": os.cpu_count(), "rounds": args.rounds,
+                     "load_avg_start": os.getloadavg(), "loops": {}, "jobs": []}
     with tempfile.TemporaryDirectory(prefix="bench_align_job_") as tmp:
         tmp = Path(tmp)
         build_source(tmp / "raw", args.photos)
-        build_source(tmp / "raw_half", args.photos // 2)
+        if not args.no_half:
+            build_source(tmp / "raw_half", args.photos // 2)
         base = [sys.executable, str(Path(__file__).resolve())]
         extra = [f"--weights={weights}", f"--decode={args.decode}"]
         for flag in ("num_workers", "batch_size", "torch_threads"):
             if getattr(args, flag) is not None:
                 extra.append(f"--{flag.replace('_', '-')}={getattr(args, flag)}")
-        for variant in [] if args.skip_loop else args.loops:
-            loop, mem = measure([*base, "loop", "--src", str(tmp / "raw"), "--dst", str(tmp / f"out_{variant}"),
-                                 "--loops", variant, *extra])
-            results.setdefault("loops", []).append({**loop, **mem})
-            print(f"loop {variant} ({loop['torch_threads']} torch threads, detector resize "
-                  f"{loop['detector_resize']}): {loop['photos_per_s']:.2f} photos/s, peak {mem['peak_pss_mb']} MB",
+
+        def loop(variant: str) -> None:
+            limit = args.plain_photos if variant == "plain" else args.loop_photos
+            res, mem = measure([*base, "loop", "--src", str(tmp / "raw"), "--dst", str(tmp / f"out_{variant}"),
+                                "--loops", variant, f"--limit={limit}", *extra], args.sample_s)
+            results["loops"].setdefault(variant, []).append({**res, **mem})
+            print(f"loop {variant} ({res['photos']} photos, {res['torch_threads']} torch threads, detector resize "
+                  f"{res['detector_resize']}): {res['photos_per_s']:.2f} photos/s, peak {mem['peak_pss_mb']} MB",
                   flush=True)
-        job, mem = measure([*base, "job", "--src", str(tmp / "raw"), "--dst", str(tmp / "out_job"), *extra])
-        results["job"] = {**job, **mem}
-        print(f"job: {job['photos_per_s']:.2f} photos/s ({job['photos_per_s_end_to_end']:.2f} with Ray start, "
-              f"{job['steady_photos_per_s']:.2f} after a {job['warmup_s']:.1f} s warm-up), "
-              f"peak {mem['peak_pss_mb']} MB; {job['plan']}", flush=True)
+            if limit % cycle:
+                print(f"  note: {limit} is not a multiple of {cycle}: a different mix of photos than the job's",
+                      flush=True)
+
+        def job(src: Path, key: str) -> dict:
+            shutil.rmtree(tmp / "out_job", ignore_errors=True)
+            res, mem = measure([*base, "job", "--src", str(src), "--dst", str(tmp / "out_job"), *extra], args.sample_s)
+            res = {**res, **mem}
+            res["peak_pss_first_half_mb"], res["peak_pss_second_half_mb"] = steady_halves(res)
+            print(f"{key} on {res['photos']} photos: {res['photos_per_s']:.2f} photos/s "
+                  f"({res['photos_per_s_end_to_end']:.2f} counting Ray's start; {res['steady_photos_per_s']:.2f} "
+                  f"after a {res['warmup_s']:.1f} s warm-up), peak {mem['peak_pss_mb']} MB; {res['plan']}", flush=True)
+            return res
+
+        for _ in range(args.rounds):
+            for variant in [v for v in args.loops if v != "plain"]:
+                loop(variant)
+            results["jobs"].append(job(tmp / "raw", "job"))
+        if "plain" in args.loops:
+            loop("plain")
         if not args.no_half:
-            half, mem = measure([*base, "job", "--src", str(tmp / "raw_half"), "--dst", str(tmp / "out_half"), *extra])
-            results["job_half"] = {**half, **mem}
-            print(f"job on {half['photos']} photos: {half['photos_per_s']:.2f} photos/s, peak {mem['peak_pss_mb']} MB",
-                  flush=True)
-    for loop in results.get("loops", []):
-        loop["job_speedup"] = round(results["job"]["photos_per_s"] / loop["photos_per_s"], 3)
-        loop["job_speedup_end_to_end"] = round(results["job"]["photos_per_s_end_to_end"] / loop["photos_per_s"], 3)
-        loop["job_speedup_steady"] = round(results["job"]["steady_photos_per_s"] / loop["photos_per_s"], 3)
-        print(f"job vs loop {loop['variant']}: {loop['job_speedup']:.2f}x "
-              f"({loop['job_speedup_end_to_end']:.2f}x counting Ray's start, "
-              f"{loop['job_speedup_steady']:.2f}x after the job's warm-up)")
+            results["job_half"] = job(tmp / "raw_half", "job (memory check)")
+
+    median = statistics.median
+    job_rate = median(j["photos_per_s"] for j in results["jobs"])
+    job_e2e = median(j["photos_per_s_end_to_end"] for j in results["jobs"])
+    job_steady = median(j["steady_photos_per_s"] for j in results["jobs"])
+    summary = {"job_photos_per_s": job_rate, "job_photos_per_s_end_to_end": job_e2e,
+               "job_steady_photos_per_s": job_steady, "speedup": {}}
+    print(f"\njob on {args.photos} photos (median of {len(results['jobs'])}): {job_rate:.2f} photos/s, "
+          f"{job_e2e:.2f} counting Ray's start, {job_steady:.2f} after its warm-up")
+    for variant, runs in results["loops"].items():
+        rate = median(r["photos_per_s"] for r in runs)
+        speedup = {"processing": round(job_rate / rate, 3), "end_to_end": round(job_e2e / rate, 3),
+                   "steady": round(job_steady / rate, 3)}
+        summary["speedup"][variant] = {"loop_photos_per_s": rate, **speedup}
+        print(f"job vs loop {variant} ({rate:.2f} photos/s): {speedup['processing']:.2f}x "
+              f"({speedup['end_to_end']:.2f}x counting Ray's start, {speedup['steady']:.2f}x after the warm-up)")
+    matched = [summary["speedup"][v]["processing"] for v in ("matched", "matched-1thread") if v in summary["speedup"]]
+    if matched:
+        worst = min(matched)
+        verdict = "met" if worst >= TARGET_SPEEDUP else "NOT met"
+        print(f"target >= {TARGET_SPEEDUP}x the settings-matched loop: {verdict} "
+              f"({worst:.2f}x against the faster matched loop)")
+    first = median(j["peak_pss_first_half_mb"] for j in results["jobs"])
+    second = median(j["peak_pss_second_half_mb"] for j in results["jobs"])
+    full = median(j["peak_pss_mb"] for j in results["jobs"])
+    summary["memory_mb"] = {"full": full, "first_half_of_run": first, "second_half_of_run": second}
+    line = (f"peak memory on {args.photos} photos: {full:.0f} MB; after the warm-up, first half of the run "
+            f"{first:.0f} MB, second half {second:.0f} MB")
+    if "job_half" in results:
+        half = results["job_half"]["peak_pss_mb"]
+        summary["memory_mb"]["half_size_run"] = half
+        line += f"; {half:.0f} MB on {args.photos // 2} photos"
+    grows = not first or second > 1.05 * first  # no samples after the warm-up: nothing shown
+    print(f"{line} ({'GROWS' if grows else 'no growth'} with the photos processed)")
+    results["summary"] = summary
     results["load_avg_end"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -17,22 +17,23 @@ _EXPORTS = {
     "Detector": "inference",
     "InputImageError": "inference",
     "PostprocessConfig": "inference",
-    "ResizePolicy": "inference",
+    "ResizePolicy": "config",
     "RetinaFace": "model",
     "RetinaFaceOutput": "model",
-    "CheckpointError": "weights",
+    "CheckpointError": "hub",
     "load_model": "weights",
-    "resolve_weights": "weights",
+    "resolve_weights": "hub",
     "save_checkpoint": "weights",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import AnchorConfig, ModelConfig, available_presets, get_preset  # noqa: F401
-    from .inference import Detections, Detector, InputImageError, PostprocessConfig, ResizePolicy  # noqa: F401
+    from .config import AnchorConfig, ModelConfig, ResizePolicy, available_presets, get_preset  # noqa: F401
+    from .inference import Detections, Detector, InputImageError, PostprocessConfig  # noqa: F401
     from .model import RetinaFace, RetinaFaceOutput  # noqa: F401
-    from .weights import CheckpointError, load_model, resolve_weights, save_checkpoint  # noqa: F401
+    from .hub import CheckpointError, resolve_weights  # noqa: F401
+    from .weights import load_model, save_checkpoint  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -11,10 +11,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
+
 __all__ = [
     "AnchorConfig",
     "ModelConfig",
     "PRESETS",
+    "ResizePolicy",
     "available_presets",
     "get_preset",
 ]
@@ -189,3 +192,91 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; available: {', '.join(available_presets())}") from None
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """How an image is scaled before the network (one factor for both axes).
+
+    Modes:
+        ``original``: no resize.
+        ``long_side``: ``s = size / max(h, w)`` (up or down).
+        ``cap``: ``s = min(1, size / max(h, w))``: only shrink images whose long side exceeds ``size``.
+        ``short_side``: ``s = size / min(h, w)``, and if ``round(s * max(h, w)) > max_size`` then
+            ``s = max_size / max(h, w)`` (biubug6's WIDER FACE rule is ``short_side(1600, 2150)``).
+    """
+
+    mode: str = "original"
+    size: int | None = None
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("original", "long_side", "cap", "short_side"):
+            raise ValueError(f"unknown resize mode {self.mode!r}")
+        if self.mode != "original" and (self.size is None or self.size <= 0):
+            raise ValueError(f"resize mode {self.mode!r} needs a positive size")
+
+    @classmethod
+    def original(cls) -> "ResizePolicy":
+        return cls("original")
+
+    @classmethod
+    def long_side(cls, size: int) -> "ResizePolicy":
+        return cls("long_side", int(size))
+
+    @classmethod
+    def cap(cls, size: int) -> "ResizePolicy":
+        return cls("cap", int(size))
+
+    @classmethod
+    def short_side(cls, size: int, max_size: int | None = None) -> "ResizePolicy":
+        return cls("short_side", int(size), None if max_size is None else int(max_size))
+
+    @classmethod
+    def widerface(cls) -> "ResizePolicy":
+        return cls.short_side(1600, 2150)
+
+    @classmethod
+    def parse(cls, spec: "str | int | ResizePolicy | None") -> "ResizePolicy":
+        """``None``/``"original"``, an int or ``"long:640"`` (long side), ``"cap:1024"``,
+        ``"short:1600"`` / ``"short:1600,2150"``, ``"widerface"``."""
+        if spec is None:
+            return cls.original()
+        if isinstance(spec, ResizePolicy):
+            return spec
+        if isinstance(spec, (int, np.integer)):
+            return cls.long_side(int(spec))
+        text = str(spec).strip().lower()
+        try:
+            if text in ("original", "none", "1", ""):
+                return cls.original()
+            if text == "widerface":
+                return cls.widerface()
+            if text.isdigit():
+                return cls.long_side(int(text))
+            kind, _, arg = text.partition(":")
+            if kind in ("long", "long_side"):
+                return cls.long_side(int(arg))
+            if kind == "cap":
+                return cls.cap(int(arg))
+            if kind in ("short", "short_side"):
+                size, _, max_size = arg.partition(",")
+                return cls.short_side(int(size), int(max_size) if max_size else None)
+        except ValueError:
+            pass
+        raise ValueError(
+            f"bad resize spec {spec!r}; use original, N, long:N, cap:N, short:N[,MAX] or widerface"
+        )
+
+    def scale(self, height: int, width: int) -> float:
+        if self.mode == "original":
+            return 1.0
+        long_, short = max(height, width), min(height, width)
+        if self.mode == "long_side":
+            return self.size / long_
+        if self.mode == "cap":
+            return min(1.0, self.size / long_)
+        s = self.size / short
+        if self.max_size is not None and np.round(s * long_) > self.max_size:
+            s = self.max_size / long_
+        return s

@@ -1,4 +1,4 @@
-"""Loading and saving RetinaFace weights; a registry of public checkpoints and a resolver.
+"""Loading and saving RetinaFace weights (the registry and the resolver live in :mod:`detector.hub`).
 
 Two file formats are understood:
 
@@ -13,12 +13,8 @@ Everything is read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +22,17 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, get_preset
+from .hub import (  # noqa: F401  (re-exported: the resolver lives in the torch-free hub module)
+    CACHE_ENV,
+    KNOWN_WEIGHTS,
+    WEIGHTS_ENV,
+    CheckpointError,
+    KnownWeights,
+    cache_dir,
+    download,
+    resolve_weights,
+    sha256sum,
+)
 from .model import RetinaFace
 
 __all__ = [
@@ -46,132 +53,6 @@ __all__ = [
 ]
 
 FORMAT = "faceprep.retinaface/1"
-WEIGHTS_ENV = "FACEPREP_WEIGHTS"  # a file, or a folder holding known checkpoint files
-CACHE_ENV = "FACEPREP_CACHE"
-
-
-class CheckpointError(ValueError):
-    """A weights file is missing, unreadable, or does not fit the model."""
-
-
-@dataclass(frozen=True)
-class KnownWeights:
-    name: str
-    preset: str
-    filename: str
-    url: str
-    sha256: str | None  # None: no published hash; the download is not verified
-
-
-KNOWN_WEIGHTS: dict[str, KnownWeights] = {
-    w.name: w
-    for w in (
-        KnownWeights(
-            name="mobilenet0.25",
-            preset="mobilenet0.25",
-            filename="retinaface_mobilenet0.25_biubug6.pth",
-            url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",
-            sha256="2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
-        ),
-        KnownWeights(
-            name="resnet50",
-            preset="resnet50",
-            filename="retinaface_resnet50_biubug6.pth",
-            url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
-            sha256=None,
-        ),
-    )
-}
-
-
-def cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "faceprep"
-
-
-def sha256sum(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download(url: str, dest: str | Path, *, sha256: str | None = None, progress: bool = True,
-             timeout: float = 30.0) -> Path:
-    """Download ``url`` to ``dest`` atomically (temporary file, hash check, rename)."""
-    from tqdm.auto import tqdm
-
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            h = hashlib.sha256()
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
-                      disable=not progress) as bar:
-                while block := response.read(1 << 16):
-                    out.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-        if sha256 is not None and h.hexdigest() != sha256:
-            raise CheckpointError(
-                f"sha256 mismatch for {url}: got {h.hexdigest()}, expected {sha256}; file discarded"
-            )
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _where_to_put(known: KnownWeights) -> str:
-    return (
-        f"put {known.filename} (from {known.url}) in {cache_dir()}, or set {WEIGHTS_ENV} to the file "
-        f"or to a folder holding it, or pass the path explicitly"
-    )
-
-
-def resolve_weights(name_or_path: str | Path | None = None, *, allow_download: bool = True,
-                    progress: bool = True) -> Path:
-    """Find a weights file: explicit path > ``$FACEPREP_WEIGHTS`` > local cache > download.
-
-    ``name_or_path`` is a file path or a registry name (``"mobilenet0.25"``, ``"resnet50"``);
-    ``None`` means the default ``"mobilenet0.25"``.
-    """
-    if name_or_path is not None and (Path(name_or_path).exists() or str(name_or_path) not in KNOWN_WEIGHTS):
-        path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            looks_like_path = path.suffix or os.sep in str(name_or_path)
-            if looks_like_path:
-                raise CheckpointError(f"weights file not found: {path}")
-            raise CheckpointError(
-                f"{str(name_or_path)!r} is neither a file nor a known checkpoint; known: "
-                f"{', '.join(sorted(KNOWN_WEIGHTS))}"
-            )
-        return path
-    known = KNOWN_WEIGHTS[str(name_or_path or "mobilenet0.25")]
-    name = known.name
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        p = Path(env).expanduser()
-        if p.is_file():
-            return p
-        if (p / known.filename).is_file():
-            return p / known.filename
-    cached = cache_dir() / known.filename
-    if cached.is_file():
-        return cached
-    if not allow_download:
-        raise CheckpointError(f"weights {name!r} not found locally; {_where_to_put(known)}")
-    try:
-        return download(known.url, cached, sha256=known.sha256, progress=progress)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise CheckpointError(f"could not download weights {name!r} ({exc}); {_where_to_put(known)}") from exc
 
 
 # --------------------------------------------------------------------------------------------------

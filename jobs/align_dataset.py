@@ -28,8 +28,8 @@ try:
 except ImportError:  # running from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.config import AlignConfig
 from pipeline.job import EXIT_USAGE, AlignJobConfig, JobConfigError, run_align_job
-from pipeline.stage import AlignConfig
 
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 
@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--weights", help="RetinaFace weights file or registry name (default mobilenet0.25)")
 
     rs = p.add_argument_group("resources (defaults from what Ray sees)")
-    rs.add_argument("--batch-size", type=int, help="photos per actor call, and per detector call on GPU "
-                                                    "(default 16 on CPU, 32 on GPU)")
+    rs.add_argument("--batch-size", type=int, help="photos per actor call at most (calls start smaller and "
+                                                    "shrink again at the end), and per detector call on GPU "
+                                                    "(default 64 on CPU, 32 on GPU)")
     rs.add_argument("--num-workers", type=int, help="detector actors (default: one per GPU, or the CPUs "
                                                      "left after a reserve for reading/writing)")
     rs.add_argument("--torch-threads", type=int, help="torch threads per actor (default 1; 2 from 8 CPUs up)")

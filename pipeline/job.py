@@ -2,7 +2,7 @@
 
 Pipeline (one streaming Ray Data dataset)::
 
-    relative paths (driver: walk ``src``, drop inputs already done)
+    relative paths (driver: walk ``src``, drop inputs already done, cut the rest into chunks)
       -> read_images      CPU tasks: read the files; decode them (format by content, EXIF,
                           pixel cap) when the actors have GPUs, else the actors decode
       -> FaceCropPredictor actor pool: detect, select, align; the model is loaded once per
@@ -10,6 +10,13 @@ Pipeline (one streaming Ray Data dataset)::
                           CPU actors one photo per call (faster there, see plan_workers)
       -> write_crops      CPU tasks: encode, write each crop atomically, build the manifest record
       -> driver           appends each record to ``dst/manifest.jsonl``, drives the progress bar
+
+A chunk (sizes from :func:`guided_chunks`: a few photos at first, up to ``batch_size`` in the
+middle, shrinking at the end) is one Ray block: one read task, one actor call, one write task.
+Large chunks keep Ray's per-task cost low, the shrinking tail lets every actor finish together, at
+most :data:`TASKS_IN_FLIGHT_PER_ACTOR` chunks wait at an actor, and :func:`object_store_budget`
+caps the object store the dataset may fill, so that reading stays a few chunks ahead of the actors
+instead of buffering the whole job. The driver and the read/write tasks never import torch.
 
 Images of different sizes travel as plain Arrow binary columns (the file's bytes, or decoded
 pixels with their height and width beside them), never as tensor columns, so Ray never builds
@@ -39,13 +46,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from pipeline.config import AlignConfig  # torch-free: the driver and the read/write tasks never load torch
 from pipeline.images import ImageReadError, decode_image
 from pipeline.recordio import ArcFaceRecordWriter
 from pipeline.writers import (
@@ -59,9 +67,6 @@ from pipeline.writers import (
     remove_temporaries,
 )
 
-if TYPE_CHECKING:  # the stage imports torch: Ray's read/write task workers never need it
-    from pipeline.stage import AlignConfig
-
 __all__ = [
     "AlignJobConfig",
     "EXIT_OK",
@@ -71,6 +76,9 @@ __all__ = [
     "JobConfigError",
     "JobSummary",
     "WorkerPlan",
+    "estimate_input_bytes",
+    "guided_chunks",
+    "object_store_budget",
     "list_inputs",
     "plan_workers",
     "read_images",
@@ -95,6 +103,18 @@ EXIT_FILES_FAILED = 3
 """The job finished, but some inputs have ``error`` records (see the manifest)."""
 
 MAX_INPUT_BLOCKS = 10_000
+"""About this many chunks (Ray blocks) per run at most: huge listings get larger chunks."""
+MIN_CHUNK = 4
+"""Smallest chunk of the shrinking tail (see :func:`guided_chunks`)."""
+TASKS_IN_FLIGHT_PER_ACTOR = 2
+"""Chunks queued on one actor: one running, one ready (no idle gap), and never a queue of
+several large chunks on one actor while another runs out of work at the end."""
+MAX_BLOCK_BYTES = 128 * 2**20
+"""Ray Data's default ``target_max_block_size``: larger read outputs are split into blocks."""
+MIN_OBJECT_STORE_BUDGET = 256 * 2**20
+"""Floor of the job's object-store budget (see :func:`object_store_budget`)."""
+OBJECT_STORE_SHARE = 0.5
+"""Ray Data's own default: a dataset may use half of the cluster's object store."""
 MANIFEST_NAME = "manifest.jsonl"
 SUMMARY_NAME = "summary.json"
 JOB_NAME = "job.json"
@@ -119,13 +139,14 @@ class AlignJobConfig:
         dst: output folder; mirrors ``src``'s relative paths, plus manifest/summary files.
         align: detection/selection/alignment settings (its ``on_error`` is forced to ``record``).
         on_no_face: ``"skip"`` (no output) or ``"center-crop"`` (a centred crop of the photo).
-        weights: weights path or registry name for :func:`detector.weights.resolve_weights`
+        weights: weights path or registry name for :func:`detector.hub.resolve_weights`
             (``None``: ``$FACEPREP_WEIGHTS``, the cache, then a download).
         ext: crop file format, ``"jpg"`` or ``"png"``.
         quality: JPEG quality (1-100) for crop files and RecordIO payloads.
         format: ``"folder"`` (crop files only) or ``"recordio"`` (also ``train.rec``/``.idx``/
             ``property`` in ``dst``).
-        batch_size: photos per actor call (and per detector call on GPU); ``None``: from the
+        batch_size: photos per actor call, the largest chunk (calls shrink towards the end of the
+            run, see :func:`guided_chunks`), and per detector call on GPU; ``None``: from the
             resources Ray sees (:func:`plan_workers`).
         num_workers: detector actors; ``None``: from the resources Ray sees.
         device: ``"auto"`` (GPU actors when Ray has GPUs), ``"cpu"`` or ``"cuda"``.
@@ -143,7 +164,7 @@ class AlignJobConfig:
 
     src: Path
     dst: Path
-    align: AlignConfig = field(default_factory=lambda: _align_config(on_error="record"))
+    align: AlignConfig = field(default_factory=lambda: AlignConfig(on_error="record"))
     on_no_face: Literal["skip", "center-crop"] = "skip"
     weights: str | None = None
     ext: Literal["jpg", "png"] = "jpg"
@@ -164,8 +185,6 @@ class AlignJobConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", Path(self.src))
         object.__setattr__(self, "dst", Path(self.dst))
-        from pipeline.stage import AlignConfig
-
         if not isinstance(self.align, AlignConfig):
             raise TypeError(f"align must be an AlignConfig, got {type(self.align).__name__}")
         if self.align.on_error != "record":
@@ -205,12 +224,6 @@ class AlignJobConfig:
         }
 
 
-def _align_config(**kwargs: Any) -> AlignConfig:
-    from pipeline.stage import AlignConfig
-
-    return AlignConfig(**kwargs)
-
-
 def _policy_str(policy: Any) -> str:
     if policy.mode == "original":
         return "original"
@@ -238,18 +251,23 @@ class WorkerPlan:
     read_cpus: float
     write_cpus: float
 
-    def fitted(self, rows: int) -> WorkerPlan:
-        """This plan for a job of ``rows`` photos: small jobs get smaller batches (every actor
-        gets work) and no more actors than batches."""
-        batch = max(1, min(self.batch_size, math.ceil(rows / (2 * self.num_actors))))
-        actors = max(1, min(self.num_actors, math.ceil(rows / batch)))
-        return dataclasses.replace(self, batch_size=batch, num_actors=actors,
-                                   detect_batch_size=min(self.detect_batch_size, batch))
+    def chunks(self, rows: int) -> list[int]:
+        """Photos per actor call for a run of ``rows`` photos (:func:`guided_chunks`)."""
+        largest = max(self.batch_size, math.ceil(rows / MAX_INPUT_BLOCKS))
+        return guided_chunks(rows, workers=self.num_actors, max_size=largest,
+                             min_size=min(MIN_CHUNK, self.batch_size))
+
+    def fitted(self, chunks: Sequence[int]) -> WorkerPlan:
+        """This plan for a run split into ``chunks`` (from :meth:`chunks`): ``batch_size``
+        becomes the largest chunk, and there are no more actors than chunks."""
+        largest = max(chunks, default=1)
+        return dataclasses.replace(self, batch_size=largest, num_actors=max(1, min(self.num_actors, len(chunks))),
+                                   detect_batch_size=min(self.detect_batch_size, largest))
 
     def describe(self) -> str:
         where = f"{self.gpus_per_actor:g} GPU + " if self.gpus_per_actor else ""
         return (f"{self.num_actors} {self.device} actor(s) x ({where}{self.cpus_per_actor:g} CPU, "
-                f"{self.torch_threads} torch thread(s)), batch {self.batch_size} "
+                f"{self.torch_threads} torch thread(s)), chunks of up to {self.batch_size} photos "
                 f"(detector calls of {self.detect_batch_size}); "
                 f"decoding in the {'read tasks' if self.decode_in_tasks else 'actors'}; "
                 f"read tasks {self.read_cpus:g} CPU, write tasks {self.write_cpus:g} CPU")
@@ -266,11 +284,13 @@ def plan_workers(resources: Mapping[str, float], *, device: str = "auto", num_wo
     actor pool can never hold every CPU and starve the read/decode and write tasks that feed
     and drain it, and every core still has an inference process to run when decoding is idle.
     Several single-threaded processes beat one multi-threaded one for a small CNN and do not
-    spin against each other on a busy machine. Batch 16 rows per actor call (fewer, larger
-    Ray tasks: 248 photos on the 2-core machine ran at ~8.7 photos/s with 8, ~11.4 with 16,
-    ~10 with 32), but one photo per detector call: on CPU a batched forward is slower per photo
-    (one thread, MobileNet-0.25 at 1024x768: ~70 ms per photo alone, ~106 ms per photo in
-    batches of 8; worse with photos of different sizes, padded to the largest). Flags override.
+    spin against each other on a busy machine. Chunks of up to 64 photos per actor call: every
+    Ray task costs CPU in the driver, the raylet and the workers, which a 2-core machine takes
+    from the actors (1,000 photos there, fixed chunks: 9.9 photos/s with 8, 11.9 with 16, 12.8
+    with 32; no gain from 128 once the tail shrinks, see :func:`guided_chunks`), but one photo per detector
+    call: on CPU a batched forward is slower per photo (one thread, MobileNet-0.25 at 1024x768:
+    ~70 ms per photo alone, ~106 ms per photo in batches of 8; worse with photos of different
+    sizes, padded to the largest). Flags override.
 
     Decoding (``decode="auto"``): in the read tasks when the actors have GPUs (the GPU actor
     must not spend its time decoding); in the actors on CPU, where every core already runs an
@@ -299,9 +319,88 @@ def plan_workers(resources: Mapping[str, float], *, device: str = "auto", num_wo
     n = num_workers or max(1, int(cpus // threads))
     per_actor = round((cpus - reserve) / n, 4)
     return WorkerPlan(device="cpu", num_actors=n, cpus_per_actor=per_actor, gpus_per_actor=0.0,
-                      torch_threads=threads, batch_size=batch_size or 16, detect_batch_size=1,
+                      torch_threads=threads, batch_size=batch_size or 64, detect_batch_size=1,
                       decode_in_tasks=decode == "tasks", read_cpus=_distinct(min(0.5, reserve / 2), per_actor),
                       write_cpus=min(0.25, reserve / 4))
+
+
+def guided_chunks(total: int, *, workers: int, max_size: int, min_size: int = 1) -> list[int]:
+    """Split ``total`` photos into chunks (one actor call each): small first, large in the
+    middle, shrinking at the end.
+
+    Guided self-scheduling (Polychronopoulos and Kuck, 1987): a chunk takes
+    ``ceil(remaining / (2 * workers))`` photos, clamped to ``[min_size, max_size]``. Large chunks
+    keep the per-task overhead low; shrinking ones at the end leave no actor with a large chunk
+    while the others have nothing left to do, and spread a small run over the workers (no chunk
+    below ``min_size`` photos, though: an actor costs seconds to start). The
+    first chunks ramp up instead (``min_size``, doubling with each round of ``workers`` chunks)
+    so that the first results, and the progress bar, come after a few photos rather than a full
+    chunk. Sizes sum to ``total``.
+    """
+    if total < 0 or workers < 1 or max_size < 1 or min_size < 1:
+        raise ValueError(f"bad chunking request: total={total}, workers={workers}, "
+                         f"max_size={max_size}, min_size={min_size}")
+    min_size = min(min_size, max_size)
+    sizes: list[int] = []
+    remaining = total
+    while remaining > 0:
+        ramp = min_size << min(len(sizes) // workers, 30)
+        size = min(remaining, max_size, ramp, max(min_size, math.ceil(remaining / (2 * workers))))
+        sizes.append(size)
+        remaining -= size
+    return sizes
+
+
+def estimate_input_bytes(src: Path, rels: Sequence[str], *, decoded: bool, sample: int = 64) -> float:
+    """Mean bytes one photo occupies between the read tasks and the actors: the file size, or
+    the decoded ``H x W x 3`` pixels when the read tasks decode. Measured on up to ``sample``
+    photos drawn from ``rels`` (seeded, so a rerun plans the same; a ``stat`` each; for pixels, a
+    header read of the first 256 KiB). Unreadable samples are ignored; with none left, 1 MiB
+    (files) or 12 MiB (pixels)."""
+    import random
+
+    from pipeline.images import probe_image
+
+    if not rels:
+        return 0.0
+    picked = rels if len(rels) <= sample else random.Random(0).sample(list(rels), sample)
+    sizes: list[float] = []
+    for rel in picked:
+        path = os.path.join(src, rel)
+        try:
+            if not decoded:
+                sizes.append(float(os.stat(path).st_size))
+                continue
+            with open(path, "rb") as f:
+                info = probe_image(f.read(256 * 1024), source=rel)
+            sizes.append(float(info.height * info.width * 3))
+        except (OSError, ImageReadError):
+            continue
+    if not sizes:
+        return float(12 * 2**20 if decoded else 2**20)
+    return sum(sizes) / len(sizes)
+
+
+def object_store_budget(plan: WorkerPlan, *, photo_bytes: float, cluster_cpus: float,
+                        cluster_object_store: float | None) -> int | None:
+    """Object-store bytes the job's dataset may hold, or ``None`` for Ray Data's default.
+
+    Room for every actor's running and queued chunks (``TASKS_IN_FLIGHT_PER_ACTOR``) plus one
+    more each, and for the output of every read task that can run at once on the CPUs the actors
+    leave free: blocks of ``batch_size x photo_bytes``, each at most :data:`MAX_BLOCK_BYTES`; at
+    least :data:`MIN_OBJECT_STORE_BUDGET`. Without a budget Ray Data lets the read tasks run
+    ahead until half the object store is full: on a small job that is every input photo held in
+    memory, and memory would grow with the job's size. ``None`` where the budget would not be
+    below Ray's default anyway.
+    """
+    free_cpus = cluster_cpus - plan.num_actors * plan.cpus_per_actor - plan.write_cpus
+    read_tasks = max(1, math.floor(free_cpus / plan.read_cpus + 1e-9)) if plan.read_cpus > 0 else 1
+    blocks = plan.num_actors * (TASKS_IN_FLIGHT_PER_ACTOR + 1) + read_tasks
+    block = min(MAX_BLOCK_BYTES, max(1.0, plan.batch_size * photo_bytes))
+    budget = max(MIN_OBJECT_STORE_BUDGET, int(blocks * block))
+    if cluster_object_store and budget >= OBJECT_STORE_SHARE * cluster_object_store:
+        return None
+    return budget
 
 
 def _distinct(value: float, other: float) -> float:
@@ -363,21 +462,37 @@ def _text(message: str) -> str:
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _unchunk(column: Sequence[Any]) -> list[bytes]:
+    """Names of a per-photo column, or of a per-chunk column of sequences, as one flat list."""
+    out: list[bytes] = []
+    for value in column:
+        if isinstance(value, (bytes, str)):
+            out.append(os.fsencode(value))
+        else:
+            out.extend(os.fsencode(v) for v in value)
+    return out
+
+
 def read_images(batch: dict[str, np.ndarray], *, src_root: str, decode: bool, max_pixels: int | None,
                 exif_orientation: bool) -> pa.Table:
     """Read (and, with ``decode``, decode) one batch of files: a CPU task; never raises for a
     bad file.
 
-    Returns an Arrow batch: ``src``, ``stem`` (binary file-system names), ``data`` (decoded
-    ``HxWx3`` BGR pixels as raw bytes when ``decode``, else the file's bytes; empty on error),
+    ``batch`` holds one row per photo (``src``, ``stem``: file-system names as bytes), or one
+    row per chunk whose ``src`` / ``stem`` are sequences of them (how the job ships its chunks).
+
+    Returns an Arrow batch, one row per photo: ``src``, ``stem`` (binary file-system names),
+    ``data`` (decoded ``HxWx3`` BGR pixels as raw bytes when ``decode``, else the file's bytes;
+    empty on error),
     ``height``/``width`` (0 when not decoded) and ``error`` ("" or the reason). Pixels travel
     as a plain binary column with their shape beside it, never as an Arrow tensor column.
     """
+    sources, stems = _unchunk(batch["src"]), _unchunk(batch["stem"])
     data: list[bytes] = []
     heights: list[int] = []
     widths: list[int] = []
     errors: list[str] = []
-    for src in batch["src"]:
+    for src in sources:
         rel = os.fsdecode(src)
         path = os.path.join(src_root, rel)
         try:
@@ -407,8 +522,8 @@ def read_images(batch: dict[str, np.ndarray], *, src_root: str, decode: bool, ma
         widths.append(0)
         errors.append(_text(message))
     return pa.table({
-        "src": pa.array(list(batch["src"]), pa.binary()),
-        "stem": pa.array(list(batch["stem"]), pa.binary()),
+        "src": pa.array(sources, pa.binary()),
+        "stem": pa.array(stems, pa.binary()),
         "data": pa.array(data, pa.large_binary()),
         "height": pa.array(heights, pa.int32()),
         "width": pa.array(widths, pa.int32()),
@@ -716,7 +831,7 @@ def _check_fingerprint(config: AlignJobConfig, fingerprint: dict[str, Any]) -> N
 
 
 def _resolve_weights(weights: str | None) -> Path:
-    from detector.weights import CheckpointError, resolve_weights
+    from detector.hub import CheckpointError, resolve_weights
 
     try:
         return resolve_weights(weights)
@@ -746,30 +861,42 @@ def _ray_resources(config: AlignJobConfig) -> tuple[Mapping[str, float], bool]:
     return ray.cluster_resources(), started
 
 
-def _build_dataset(todo: list[tuple[str, str]], config: AlignJobConfig, plan: WorkerPlan, weights: Path):
+def _build_dataset(todo: list[tuple[str, str]], chunks: Sequence[int], config: AlignJobConfig, plan: WorkerPlan,
+                   weights: Path, budget: int | None):
     import ray
 
-    batch = plan.batch_size
-    # one input block per batch (read tasks stream), at most MAX_INPUT_BLOCKS for huge listings
-    # paths travel as bytes: Arrow strings must be UTF-8, file names need not be
-    ds = ray.data.from_items([{"src": os.fsencode(s), "stem": os.fsencode(t)} for s, t in todo],
-                             override_num_blocks=min(math.ceil(len(todo) / batch), MAX_INPUT_BLOCKS))
+    # One block per chunk (guided sizes, see guided_chunks), one row per block holding the
+    # chunk's names; each stage then maps a whole block (batch_size=None), so a chunk stays one
+    # read task, one actor call and one write task. Names travel as bytes: Arrow strings must be
+    # UTF-8, file names need not be.
+    items, start = [], 0
+    for size in chunks:
+        chunk = todo[start:start + size]
+        start += size
+        items.append({"src": [os.fsencode(s) for s, _ in chunk], "stem": [os.fsencode(t) for _, t in chunk]})
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds.context.enable_progress_bars = False  # our own bar counts manifest records
+    if budget is not None:  # see object_store_budget
+        from ray.data import ExecutionResources
+
+        ds.context.execution_options.resource_limits = ExecutionResources.for_limits(object_store_memory=budget)
     ds = ds.map_batches(
-        read_images, batch_size=batch, batch_format="numpy", num_cpus=plan.read_cpus,
+        read_images, batch_size=None, batch_format="numpy", num_cpus=plan.read_cpus,
         fn_kwargs={"src_root": str(config.src.resolve()), "decode": plan.decode_in_tasks,
                    "max_pixels": config.align.max_pixels, "exif_orientation": config.align.exif_orientation},
     )
     ds = ds.map_batches(
-        FaceCropPredictor, batch_size=batch, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
+        # decoded pixels may be split into several blocks (Ray's block size cap): re-bundle them
+        FaceCropPredictor, batch_size=plan.batch_size if plan.decode_in_tasks else None, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.num_actors,
+                                           max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT_PER_ACTOR),
         num_cpus=plan.cpus_per_actor, num_gpus=plan.gpus_per_actor or None,
         fn_constructor_kwargs={"weights": str(weights), "align": config.align, "device": plan.device,
                                "torch_threads": plan.torch_threads, "detect_batch_size": plan.detect_batch_size,
                                "on_no_face": config.on_no_face},
     )
     ds = ds.map_batches(
-        write_crops, batch_size=batch, batch_format="numpy", num_cpus=plan.write_cpus,
+        write_crops, batch_size=None, batch_format="numpy", num_cpus=plan.write_cpus,
         fn_kwargs={"dst_root": str(config.dst.resolve()), "layout": config.layout,
                    "crop_shape": config.align.crop_shape, "quality": int(config.quality),
                    "durable": config.durable},
@@ -854,11 +981,16 @@ def _run_locked(config: AlignJobConfig, inputs: list[str], all_inputs: list[str]
             plan = plan_workers(resources, device=config.device, num_workers=config.num_workers,
                                 batch_size=config.batch_size, torch_threads=config.torch_threads,
                                 decode=config.decode)
-            plan = plan.fitted(len(todo))
-            plan_text = plan.describe()
+            chunks = plan.chunks(len(todo))
+            plan = plan.fitted(chunks)
+            photo_bytes = estimate_input_bytes(src, [rel for rel, _ in todo], decoded=plan.decode_in_tasks)
+            budget = object_store_budget(plan, photo_bytes=photo_bytes, cluster_cpus=float(resources.get("CPU", 0)),
+                                         cluster_object_store=resources.get("object_store_memory"))
+            plan_text = plan.describe() + (f"; object store budget {budget / 2**20:.0f} MiB"
+                                           if budget is not None else "")
             log.info("align job: %d to process (%d already done); %s", len(todo), len(done), plan_text)
             t_process = time.perf_counter()  # from here: actor start-up, reading, inference, writing
-            ds = _build_dataset(todo, config, plan, weights)
+            ds = _build_dataset(todo, chunks, config, plan, weights, budget)
             with ManifestWriter(manifest_path, durable=config.durable) as manifest, \
                     tqdm(total=len(todo), unit="photo", desc="aligning", disable=not config.progress,
                          file=sys.stderr, dynamic_ncols=True) as bar:

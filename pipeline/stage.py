@@ -68,16 +68,17 @@ back as numpy arrays of the shapes above.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from dataclasses import dataclass
+from typing import Any, overload
 
 import cv2
 import numpy as np
 
-from detector.inference import Detections, Detector, ResizePolicy
-from pipeline.align import CropSpec, CropVariant, estimate_norm_batch, invert_affine, transform_points, warp_crops
-from pipeline.images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image
-from pipeline.select import SELECT_MODES, SelectMode, select_faces
+from detector.inference import Detections, Detector
+from pipeline.align import estimate_norm_batch, invert_affine, transform_points, warp_crops
+from pipeline.config import AlignConfig
+from pipeline.images import ImageReadError, decode_image
+from pipeline.select import select_faces
 
 __all__ = ["AlignConfig", "AlignedFace", "FaceAligner", "OUTPUT_COLUMNS"]
 
@@ -87,74 +88,6 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "image_height", "image_width", "error",
 )
 _INPUT_COLUMNS = ("image", "bytes")
-
-
-@dataclass(frozen=True, kw_only=True)
-class AlignConfig:
-    """Options of :class:`FaceAligner` (validated on construction).
-
-    Attributes:
-        image_size: crop size: a multiple of 112 or 128 for ``crop="arcface"``; the crop height, a
-            multiple of 112, for ``crop="arcface_112x96"`` (see :class:`pipeline.align.CropSpec`).
-        crop: ``"arcface"`` (square, insightface's template rule) or ``"arcface_112x96"``.
-        select: ``"largest"`` box area, ``"central"`` (facenet: area - 2 * squared centre offset),
-            ``"score"``, or ``"all"`` (detector order), see :mod:`pipeline.select`.
-        max_faces: faces kept per image after ordering; ``None``: 1 for the single-face modes,
-            no limit for ``"all"``.
-        min_score: keep faces with score >= this (default 0.5, the setting of the golden
-            verification run). It is also passed to the detector as its confidence threshold
-            (which only speeds it up: NMS keeps the same boxes above it). Values below the
-            detector's own threshold (0.02 by default) do not lower it.
-        min_face_size: keep faces whose shorter box side is >= this many image pixels.
-        resize: the detector's resize policy; default ``cap:1024`` (shrink images whose long side
-            exceeds 1024, never enlarge; the golden verification setting). Accepts anything
-            :meth:`detector.ResizePolicy.parse` does; stored as a :class:`ResizePolicy`.
-        color: channel order of input images and output crops, ``"bgr"`` or ``"rgb"``; encoded
-            inputs are decoded into this order. The detector is always fed BGR.
-        max_pixels: pixel cap for encoded inputs (``None``: no cap of ours).
-        exif_orientation: apply EXIF orientation to encoded inputs.
-        on_error: for dict batches, ``"raise"`` the first :class:`ImageReadError`, or
-            ``"record"`` it in the ``error`` column and return zero faces for that row.
-    """
-
-    image_size: int = 112
-    crop: CropVariant = "arcface"
-    select: SelectMode = "largest"
-    max_faces: int | None = None
-    min_score: float = 0.5
-    min_face_size: float = 0.0
-    resize: ResizePolicy | str | int | None = field(default_factory=lambda: ResizePolicy.cap(1024))
-    color: Literal["bgr", "rgb"] = "bgr"
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    exif_orientation: bool = True
-    on_error: Literal["raise", "record"] = "raise"
-
-    def __post_init__(self) -> None:
-        CropSpec.create(self.image_size, self.crop)  # validates size and variant
-        if self.select not in SELECT_MODES:
-            raise ValueError(f"select must be one of {SELECT_MODES}, got {self.select!r}")
-        if self.max_faces is not None and (isinstance(self.max_faces, bool) or int(self.max_faces) < 1):
-            raise ValueError(f"max_faces must be None or >= 1, got {self.max_faces!r}")
-        if not (0.0 <= float(self.min_score) <= 1.0):
-            raise ValueError(f"min_score must be in [0, 1], got {self.min_score!r}")
-        if not (float(self.min_face_size) >= 0.0):
-            raise ValueError(f"min_face_size must be >= 0, got {self.min_face_size!r}")
-        if self.color not in ("bgr", "rgb"):
-            raise ValueError(f"color must be 'bgr' or 'rgb', got {self.color!r}")
-        if self.max_pixels is not None and int(self.max_pixels) < 1:
-            raise ValueError(f"max_pixels must be None or positive, got {self.max_pixels!r}")
-        if self.on_error not in ("raise", "record"):
-            raise ValueError(f"on_error must be 'raise' or 'record', got {self.on_error!r}")
-        object.__setattr__(self, "resize", ResizePolicy.parse(self.resize))
-
-    @property
-    def crop_spec(self) -> CropSpec:
-        return CropSpec.create(self.image_size, self.crop)
-
-    @property
-    def crop_shape(self) -> tuple[int, int]:
-        """``(height, width)`` of the crops."""
-        return self.crop_spec.shape
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -15,18 +16,24 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.config import AlignConfig
 from pipeline.job import (
     EXIT_FILES_FAILED,
     EXIT_OK,
+    MAX_BLOCK_BYTES,
+    MAX_INPUT_BLOCKS,
+    MIN_OBJECT_STORE_BUDGET,
     AlignJobConfig,
     JobConfigError,
     center_crop,
+    estimate_input_bytes,
+    guided_chunks,
     list_inputs,
+    object_store_budget,
     plan_workers,
     run_align_job,
 )
 from pipeline.recordio import ArcFaceRecordDataset
-from pipeline.stage import AlignConfig
 from pipeline.writers import TEMP_MARKER, ManifestWriter, OutputLayout, compact_manifest, load_manifest
 from tests.shared import asset
 
@@ -74,9 +81,97 @@ def test_plan_never_gives_every_cpu_to_the_actors():
     with pytest.raises(JobConfigError):
         plan_workers({"CPU": 4}, device="cuda")
     plan = plan_workers({"CPU": 4})
-    assert plan.fitted(10_000) == plan
-    small = plan.fitted(3)  # a tiny job: one photo per batch, no idle actors
-    assert (small.batch_size, small.num_actors, small.cpus_per_actor) == (1, 3, plan.cpus_per_actor)
+    assert plan.fitted(plan.chunks(10_000)) == plan
+    # a tiny job: one chunk of at least MIN_CHUNK photos per actor, no actor started for nothing
+    small = plan.fitted(plan.chunks(3))
+    assert (small.batch_size, small.num_actors, small.cpus_per_actor) == (3, 1, plan.cpus_per_actor)
+    assert plan.fitted(plan.chunks(10)).num_actors == 3
+    assert plan.fitted(plan.chunks(16)).num_actors == 4
+
+
+@pytest.mark.parametrize("total", [0, 1, 3, 7, 62, 248, 1000, 2001])
+@pytest.mark.parametrize("workers", [1, 2, 3, 16])
+def test_guided_chunks_cover_the_run_ramp_up_and_shrink_at_the_end(total, workers):
+    sizes = guided_chunks(total, workers=workers, max_size=64, min_size=4)
+    assert sum(sizes) == total and all(1 <= s <= 64 for s in sizes)
+    if total == 0:
+        assert sizes == []
+        return
+    peak = sizes.index(max(sizes))
+    assert sizes[:peak + 1] == sorted(sizes[:peak + 1])  # ramp up (first results come early)
+    assert sizes[peak:] == sorted(sizes[peak:], reverse=True)  # then only shrink
+    assert sizes[0] <= 4  # the first chunk of every actor is small
+    # the last round of chunks is small: no actor keeps a large chunk while the others are idle
+    assert all(s <= 4 for s in sizes[-workers:])
+    if total >= 2 * workers * 64 * 4:
+        assert max(sizes) == 64
+    else:  # a small run is spread over every worker, at least 4 photos a chunk
+        assert len(sizes) >= min(workers, -(-total // 4))
+
+
+def test_guided_chunks_reject_nonsense():
+    bad = ({"workers": 0, "max_size": 4}, {"workers": 1, "max_size": 0}, {"workers": 1, "max_size": 4, "min_size": 0})
+    for kw in bad:
+        with pytest.raises(ValueError):
+            guided_chunks(10, **kw)
+    with pytest.raises(ValueError):
+        guided_chunks(-1, workers=1, max_size=4)
+
+
+def test_huge_runs_get_larger_chunks_not_more_blocks():
+    plan = plan_workers({"CPU": 64})
+    sizes = plan.chunks(3_000_000)
+    assert sum(sizes) == 3_000_000
+    assert len(sizes) <= MAX_INPUT_BLOCKS * 1.05 and max(sizes) == 300
+
+
+def test_object_store_budget_bounds_read_ahead_by_chunk_bytes(tmp_path):
+    cpu = plan_workers({"CPU": 2})  # 2 actors, chunks of up to 64 photos, room for one read task
+    small = object_store_budget(cpu, photo_bytes=300e3, cluster_cpus=2, cluster_object_store=7e9)
+    assert small == MIN_OBJECT_STORE_BUDGET  # (2 x 3 + 1) blocks of 19 MB < the floor
+    eight = plan_workers({"CPU": 8})  # 4 actors x 2 threads; 8 - 4 x 1.5 - 0.25 CPUs free: 3 read tasks
+    big = object_store_budget(eight, photo_bytes=3e6, cluster_cpus=8, cluster_object_store=40e9)
+    assert big == (4 * 3 + 3) * MAX_BLOCK_BYTES  # blocks capped at Ray's block size
+    gpu = plan_workers({"CPU": 16, "GPU": 1})  # decoded pixels; 14.5 free CPUs: 16 read tasks of 0.9
+    assert object_store_budget(gpu, photo_bytes=6e6, cluster_cpus=16, cluster_object_store=40e9) == \
+        (1 * 3 + 16) * MAX_BLOCK_BYTES
+    assert object_store_budget(cpu, photo_bytes=3e6, cluster_cpus=2, cluster_object_store=1e9) is None
+    # the estimate: file sizes, or decoded pixels from the header; unreadable samples are skipped
+    src = tmp_path / "raw"
+    (src / "a").mkdir(parents=True)
+    ok = cv2.imencode(".png", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
+    (src / "a/1.png").write_bytes(ok)
+    (src / "a/2.png").write_bytes(b"not an image")
+    rels = ["a/1.png", "a/2.png", "a/missing.png"]
+    assert estimate_input_bytes(src, rels, decoded=False) == (len(ok) + 12) / 2
+    assert estimate_input_bytes(src, rels, decoded=True) == 30 * 40 * 3
+    assert estimate_input_bytes(src, [], decoded=False) == 0.0
+
+
+def test_the_command_line_and_the_job_driver_do_not_load_torch(tmp_path, mobilenet_weights):
+    """Only the detector actors need torch: ``--help``, configuration, listing and the dry run
+    stay light (torch takes seconds and hundreds of MB to import)."""
+    src = tmp_path / "raw"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.jpg").write_bytes(b"x")
+    code = textwrap.dedent("""
+        import runpy, sys
+        src, dst, weights = sys.argv[1:4]
+        sys.argv = ["align_dataset.py", "--src", src, "--dst", dst, "--dry-run"]
+        try:
+            runpy.run_path("jobs/align_dataset.py", run_name="__main__")
+        except SystemExit as e:
+            assert e.code == 0, e.code
+        from detector.hub import resolve_weights
+        resolve_weights(weights)
+        import detector, pipeline.config, pipeline.job
+        assert "torch" not in sys.modules, "torch was imported"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out"), str(mobilenet_weights)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok") and "1 input(s)" in out.stdout
 
 
 def test_listing_is_sorted_case_insensitive_and_skips_hidden_and_dst(tmp_path):
