@@ -753,7 +753,8 @@ class JobSummary:
     """What a run did. ``counts`` cover every listed input (final manifest state); ``run_counts``
     and the rates cover the inputs processed by this run. ``process_s`` runs from the dataset's
     start (Ray already up) to the last record; ``warmup_s`` is its part until the first records
-    (workers and actors starting, model loading); ``steady_photos_per_s`` is the rate after it."""
+    (workers and actors starting, model loading), ``warmup_photos`` the records that arrived
+    with the first batch; ``steady_photos_per_s`` is the rate after it."""
 
     src: str
     dst: str
@@ -770,6 +771,7 @@ class JobSummary:
     plan: str
     warmup_s: float = 0.0
     steady_photos_per_s: float = 0.0
+    warmup_photos: int = 0
     dry_run: bool = False
     recordio: dict[str, Any] | None = None
 
@@ -788,9 +790,13 @@ class JobSummary:
             f"status over all inputs: ok {c.get(STATUS_OK, 0)}, no_face {c.get(STATUS_NO_FACE, 0)}, "
             f"error {c.get(STATUS_ERROR, 0)}",
         ]
-        if not self.dry_run:
-            lines.append(f"this run: {self.photos_per_s:.2f} photos/s, {self.faces_per_s:.2f} faces/s "
-                         f"({self.steady_photos_per_s:.2f} photos/s after a {self.warmup_s:.1f} s warm-up), "
+        if not self.dry_run and not self.processed:
+            lines.append(f"this run: nothing to process, elapsed {self.elapsed_s:.1f} s")
+        elif not self.dry_run:
+            # the rate after the warm-up means something only when it covers most of the run
+            steady = (f" ({self.steady_photos_per_s:.2f} photos/s after a {self.warmup_s:.1f} s warm-up)"
+                      if 2 * self.warmup_photos < self.processed else "")
+            lines.append(f"this run: {self.photos_per_s:.2f} photos/s, {self.faces_per_s:.2f} faces/s{steady}, "
                          f"{self.crops_written} crop(s) written, elapsed {self.elapsed_s:.1f} s")
         lines.append(f"workers: {self.plan}")
         if self.recordio:
@@ -1024,7 +1030,7 @@ def _run_locked(config: AlignJobConfig, inputs: list[str], all_inputs: list[str]
         elapsed_s=round(time.perf_counter() - t0, 3), process_s=round(process_s, 3),
         photos_per_s=round(processed / process_s, 3) if processed else 0.0,
         faces_per_s=round(crops / process_s, 3) if processed else 0.0,
-        warmup_s=round(warmup_s, 3),
+        warmup_s=round(warmup_s, 3), warmup_photos=first_batch,
         steady_photos_per_s=round((processed - first_batch) / steady_s, 3) if steady_s > 0 else 0.0,
         plan=plan_text, recordio=recordio,
     )

@@ -174,6 +174,20 @@ def test_the_command_line_and_the_job_driver_do_not_load_torch(tmp_path, mobilen
     assert out.stdout.strip().endswith("ok") and "1 input(s)" in out.stdout
 
 
+def test_summary_shows_the_steady_rate_only_when_it_covers_most_of_the_run():
+    from pipeline.job import JobSummary
+
+    base = dict(src="raw", dst="aligned", inputs=8, already_done=0, counts={"ok": 8}, run_counts={"ok": 8},
+                crops_written=8, elapsed_s=20.0, process_s=14.0, photos_per_s=0.57, faces_per_s=0.57, plan="p",
+                warmup_s=13.0, steady_photos_per_s=180.0)
+    tiny = JobSummary(processed=8, warmup_photos=4, **base).format()
+    assert "0.57 photos/s" in tiny and "warm-up" not in tiny
+    long = JobSummary(processed=2000, warmup_photos=8, **base).format()
+    assert "180.00 photos/s after a 13.0 s warm-up" in long
+    done = JobSummary(processed=0, **{**base, "already_done": 8}).format()
+    assert "nothing to process" in done and "photos/s" not in done
+
+
 def test_listing_is_sorted_case_insensitive_and_skips_hidden_and_dst(tmp_path):
     src = tmp_path / "raw"
     for rel in ("b/2.JPG", "b/1.png", "a/x.jpeg", "a/.hidden.jpg", "a/._fork.jpg", "notes.txt",
