@@ -3,6 +3,9 @@
 A preset fully describes a RetinaFace: backbone, which backbone stages feed the FPN, channel widths,
 anchors, box-coding variances and the input preprocessing (mean, channel order). It is built once and
 never mutated; :func:`dataclasses.replace` derives variants.
+
+:class:`ResizePolicy` (how an image is scaled before the network) lives here too: like the presets it
+is plain configuration, importable without torch.
 """
 
 from __future__ import annotations

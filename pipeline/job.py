@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import random
 import stat
 import sys
 import time
@@ -54,7 +55,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline.config import AlignConfig  # torch-free: the driver and the read/write tasks never load torch
-from pipeline.images import ImageReadError, decode_image
+from pipeline.images import ImageReadError, decode_image, probe_image
 from pipeline.recordio import ArcFaceRecordWriter
 from pipeline.writers import (
     ManifestWriter,
@@ -357,10 +358,6 @@ def estimate_input_bytes(src: Path, rels: Sequence[str], *, decoded: bool, sampl
     photos drawn from ``rels`` (seeded, so a rerun plans the same; a ``stat`` each; for pixels, a
     header read of the first 256 KiB). Unreadable samples are ignored; with none left, 1 MiB
     (files) or 12 MiB (pixels)."""
-    import random
-
-    from pipeline.images import probe_image
-
     if not rels:
         return 0.0
     picked = rels if len(rels) <= sample else random.Random(0).sample(list(rels), sample)
