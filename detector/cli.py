@@ -6,15 +6,17 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from .inference import Detections, Detector, ResizePolicy
-from .weights import CheckpointError
+from common.fsio import atomic_write_bytes
+
+from .api import Detections, PostprocessConfig
+from .hub import CheckpointError
+from .spec import add_detector_arguments, spec_from_args
 
 __all__ = ["main", "detections_to_json", "draw_detections"]
 
@@ -52,14 +54,26 @@ def draw_detections(image: np.ndarray, det: Detections, *, min_score: float = 0.
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def output_stems(paths: Sequence[Path]) -> list[Path]:
+    """Output names that cannot collide: each input's path relative to the inputs' common folder,
+    without its suffix (``ids/a/img1.jpg``, ``ids/b/img1.jpg`` -> ``a/img1``, ``b/img1``).
+
+    Raises:
+        ValueError: two inputs still map to one name (``x.jpg`` and ``x.png`` in one folder, or
+            the same file given twice), before anything is written.
+    """
+    resolved = [Path(os.path.abspath(p)) for p in paths]
+    if not resolved:
+        return []
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    stems = [p.relative_to(common).with_suffix("") for p in resolved]
+    seen: dict[Path, Path] = {}
+    for path, stem in zip(paths, stems):
+        if stem in seen:
+            raise ValueError(f"{path} and {seen[stem]} would both be written as {stem}.json; "
+                             "rename one or run them separately")
+        seen[stem] = path
+    return stems
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,67 +91,96 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("--weights", default=None,
-                   help="checkpoint file or known name (mobilenet0.25, resnet50); default: mobilenet0.25, "
-                        "found via $FACEPREP_WEIGHTS, the cache, or downloaded")
-    p.add_argument("--preset", default=None, help="force an architecture preset (normally inferred)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_detector_arguments(p)
     p.add_argument("--conf", type=float, default=0.02, help="keep detections with score above this")
     p.add_argument("--nms", type=float, default=0.4, help="NMS IoU threshold")
     p.add_argument("--top-k", type=int, default=5000, help="best candidates kept before NMS")
     p.add_argument("--keep-top-k", type=int, default=750, help="detections kept after NMS")
-    p.add_argument("--long-side", type=int, default=None,
-                   help="resize so the long side is N pixels (results are in original pixels); default: "
-                        "original size")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
-    p.add_argument("--draw", action="store_true", help="also write DIR/<stem>.jpg with the detections drawn")
+    p.add_argument("--draw", action="store_true", help="also write DIR/<name>.jpg with the detections drawn")
     p.add_argument("--draw-min-score", type=float, default=0.5, help="faces drawn with --draw")
+    _add_export_parser(sub)
     return parser
 
 
 def _detect(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    paths: list[Path] = list(args.images)
     try:
-        detector = Detector.from_weights(
-            args.weights, preset=args.preset, device=args.device, fp16=args.fp16,
-            resize=ResizePolicy.long_side(args.long_side) if args.long_side else None,
-            conf_threshold=args.conf, nms_threshold=args.nms, top_k=args.top_k, keep_top_k=args.keep_top_k,
-        )
-    except CheckpointError as exc:
+        stems = output_stems(paths)
+        postprocess = PostprocessConfig(conf_threshold=args.conf, nms_threshold=args.nms, top_k=args.top_k,
+                                        keep_top_k=args.keep_top_k)
+        detector = spec_from_args(args, postprocess=postprocess).build()
+    except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    paths: list[Path] = list(args.images)
     with tqdm(total=len(paths), unit="img", desc="detect") as bar:
         for start in range(0, len(paths), args.batch_size):
             chunk, images = [], []
-            for path in paths[start:start + args.batch_size]:
+            for path, stem in zip(paths[start:start + args.batch_size], stems[start:start + args.batch_size]):
                 img = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 if img is None:
                     print(f"error: {path}: not a readable image", file=sys.stderr)
                     failed += 1
                     bar.update(1)
                     continue
-                chunk.append(path)
+                chunk.append((path, stem))
                 images.append(img)
             if not images:
                 continue
-            for path, img, det in zip(chunk, images, detector.detect(images)):
+            for (path, stem), img, det in zip(chunk, images, detector.detect(images)):
                 record = detections_to_json(str(path), img.shape[1], img.shape[0], det)
-                _write_atomic(args.out / f"{path.stem}.json", json.dumps(record, indent=1).encode())
+                atomic_write_bytes(args.out / f"{stem}.json", json.dumps(record, indent=1).encode())
                 if args.draw:
                     ok, buf = cv2.imencode(".jpg", draw_detections(img, det, min_score=args.draw_min_score))
-                    _write_atomic(args.out / f"{path.stem}.jpg", buf.tobytes())
+                    atomic_write_bytes(args.out / f"{stem}.jpg", buf.tobytes())
                 bar.update(1)
     return 1 if failed else 0
+
+
+def _add_export_parser(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "export",
+        help="export RetinaFace weights to ONNX (for --runtime onnxruntime / openvino)",
+        description="Write the BN-fused RetinaFace as ONNX with a dynamic batch, height and width: input "
+                    "'input' (float32 NCHW, already preprocessed: the preset's channel order minus its mean), "
+                    "outputs 'cls_logits', 'bbox_deltas', 'landmark_deltas' (raw heads); the preset's anchors "
+                    "and preprocessing are stored in the file's metadata.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--weights", default=None,
+                   help="checkpoint file or known name (mobilenet0.25, resnet50); default: mobilenet0.25")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--preset", default=None, help="force an architecture preset (normally inferred)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .hub import CheckpointError as _CheckpointError
+    from .onnx_models import inspect_onnx
+
+    try:
+        path = export_onnx(args.weights, args.out, preset=args.preset, opset=args.opset)
+        info = inspect_onnx(path)
+    except _CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    print(f"input: {info.input_name} {list(info.input_shape)} float32 "
+          f"({info.model_config.channel_order}, minus mean {list(info.model_config.mean_bgr)})")
+    for name, shape in zip(info.output_names, info.output_shapes):
+        print(f"output: {name} {list(shape)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "detect":
         return _detect(args)
+    if args.command == "export":
+        return _export(args)
     raise AssertionError(args.command)

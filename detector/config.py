@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .backbones import available_backbones
+
 __all__ = [
     "AnchorConfig",
     "ModelConfig",
@@ -62,7 +64,8 @@ class ModelConfig:
 
     Attributes:
         name: preset name (informational; stored in checkpoints).
-        backbone: ``"mobilenet0.25"`` or ``"resnet50"``.
+        backbone: a registered backbone name (:mod:`detector.backbones`): ``"mobilenet0.25"``,
+            ``"resnet50"``.
         return_layers: backbone stages whose outputs feed the FPN, shallowest first.
         in_channels: channels of those stages.
         out_channels: FPN / SSH / head width.
@@ -92,8 +95,10 @@ class ModelConfig:
     train_image_size: int = 640
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("mobilenet0.25", "resnet50"):
-            raise ValueError(f"unknown backbone {self.backbone!r}; expected 'mobilenet0.25' or 'resnet50'")
+        if self.backbone not in available_backbones():
+            raise ValueError(
+                f"unknown backbone {self.backbone!r}; registered: {', '.join(available_backbones())}"
+            )
         if len(self.return_layers) != len(self.in_channels):
             raise ValueError("return_layers and in_channels must have the same length")
         levels = len(self.return_layers) + self.extra_levels
@@ -270,6 +275,13 @@ class ResizePolicy:
         raise ValueError(
             f"bad resize spec {spec!r}; use original, N, long:N, cap:N, short:N[,MAX] or widerface"
         )
+
+    def to_string(self) -> str:
+        """The :meth:`parse` form of this policy (``parse(p.to_string()) == p``)."""
+        if self.mode == "original":
+            return "original"
+        kind = {"long_side": "long", "short_side": "short"}.get(self.mode, self.mode)
+        return f"{kind}:{self.size}" + (f",{self.max_size}" if self.max_size is not None else "")
 
     def scale(self, height: int, width: int) -> float:
         if self.mode == "original":

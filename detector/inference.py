@@ -8,7 +8,6 @@ the images; the only per-image work is slicing the final per-image results.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,83 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .anchors import AnchorGenerator
+from .api import Detections, InputImageError, PostprocessConfig, as_bgr_uint8, check_image_list
 from .box_coder import BoxCoder
 from .boxes import padded_nms
 from .config import ModelConfig, ResizePolicy
 from .model import RetinaFace, RetinaFaceOutput, fuse_conv_bn
 from .weights import load_model
 
-__all__ = ["ResizePolicy", "PostprocessConfig", "Detections", "Detector", "InputImageError"]
-
-
-class InputImageError(ValueError):
-    """An input image cannot be used (empty, wrong dtype or channel count)."""
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Reference (biubug6 ``detect.py``) defaults: keep scores > 0.02, 5000 best before NMS at IoU 0.4
-    (legacy +1-pixel areas), 750 after."""
-
-    conf_threshold: float = 0.02
-    nms_threshold: float = 0.4
-    top_k: int = 5000
-    keep_top_k: int = 750
-    nms_plus_one: bool = True
-
-
-@dataclass(frozen=True)
-class Detections:
-    """Faces found in one image, sorted by decreasing score, in original-image pixels.
-
-    Attributes:
-        boxes: ``[N, 4]`` x1, y1, x2, y2.
-        scores: ``[N]`` face probability.
-        landmarks: ``[N, 5, 2]`` left eye, right eye, nose, left mouth corner, right mouth corner
-            (image left first).
-
-    Fields are torch tensors on the model's device as returned by :meth:`Detector.detect`;
-    :meth:`numpy` gives the same structure with float32 numpy arrays.
-    """
-
-    boxes: Tensor | np.ndarray
-    scores: Tensor | np.ndarray
-    landmarks: Tensor | np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def numpy(self) -> "Detections":
-        def conv(x):
-            return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, np.float32)
-
-        return Detections(conv(self.boxes), conv(self.scores), conv(self.landmarks))
-
-    def filter(self, mask) -> "Detections":
-        return Detections(self.boxes[mask], self.scores[mask], self.landmarks[mask])
-
-
-def _as_bgr_uint8(image: np.ndarray, index: int) -> np.ndarray:
-    """Validate one input image; documented conversions: (H, W) and (H, W, 1) grayscale are
-    replicated to 3 channels; (H, W, 4) BGRA drops alpha. Anything else non-uint8 is refused."""
-    if not isinstance(image, np.ndarray):
-        raise InputImageError(f"image {index}: expected a numpy array, got {type(image).__name__}")
-    if image.size == 0:
-        raise InputImageError(f"image {index}: empty array of shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise InputImageError(
-            f"image {index}: expected uint8 BGR pixels, got dtype {image.dtype}; convert first "
-            "(e.g. np.clip(img * 255, 0, 255).astype(np.uint8) for floats in [0, 1])"
-        )
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return np.ascontiguousarray(image[:, :, :3])
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise InputImageError(f"image {index}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+__all__ = ["ResizePolicy", "PostprocessConfig", "Detections", "Detector", "InputImageError",
+           "RetinaFaceInput", "RetinaFacePostprocess"]
 
 
 class _PaddingMask:
@@ -147,60 +78,32 @@ class _PaddingMask:
         self._handles.clear()
 
 
-class Detector:
-    """RetinaFace inference on batches of images of any sizes.
+class RetinaFaceInput:
+    """Preprocessing of a RetinaFace preset: resize, channel order, mean / std, zero padding.
 
-    Build with :meth:`from_weights`; call :meth:`detect` (or the instance) with a list of
-    ``HxWx3`` uint8 BGR images, or with one ``Tensor[B, 3, H, W]`` of BGR pixel values.
+    ``__call__(images, policy)`` -> ``(Tensor[B, 3, H, W]`` network input (zero-padded bottom/right
+    to the largest image, channels_last), ``Tensor[B]`` resize factors, ``Tensor[B, 2]`` valid
+    (h, w) of each image in the input). Shared by every runtime: the eager model reads the tensor,
+    ONNX runtimes its numpy view.
     """
 
-    def __init__(self, model: RetinaFace, *, device: str | torch.device | None = None, fp16: bool = False,
-                 resize: "ResizePolicy | str | int | None" = None,
-                 postprocess: PostprocessConfig = PostprocessConfig(), fuse: bool = True,
-                 nms_budget: int = 64_000_000) -> None:
-        device = torch.device(device) if device is not None else next(model.parameters()).device
-        if fp16 and device.type != "cuda":
-            raise ValueError("fp16 inference is only supported on CUDA devices")
-        self.config: ModelConfig = model.config
-        self.device = device
-        self.fp16 = fp16
-        self.resize = ResizePolicy.parse(resize)
-        self.postprocess_config = postprocess
-        net = fuse_conv_bn(model) if fuse else model.eval()
-        # channels_last lets oneDNN / cuDNN pick their fast (NHWC) depthwise and 1x1 kernels
-        net = net.to(device).to(memory_format=torch.channels_last)
-        if fp16:
-            net = net.half()
-        self.model = net.eval()
-        self.anchors = AnchorGenerator(self.config.anchors)
-        self.coder = BoxCoder(self.config.variance)
-        self.nms_budget = nms_budget
-        order = [0, 1, 2] if self.config.channel_order == "BGR" else [2, 1, 0]
+    def __init__(self, config: ModelConfig, *, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        order = [0, 1, 2] if config.channel_order == "BGR" else [2, 1, 0]
         self._channel_order = order
-        mean = torch.tensor(self.config.mean_bgr, dtype=torch.float32)[order]
-        std = torch.tensor(self.config.std, dtype=torch.float32)[order]
-        self._mean = mean.to(device).view(1, 3, 1, 1)
-        self._std = std.to(device).view(1, 3, 1, 1)
-        self._mean_hwc = mean.to(device)
-        self._std_hwc = std.to(device)
+        mean = torch.tensor(config.mean_bgr, dtype=torch.float32)[order]
+        std = torch.tensor(config.std, dtype=torch.float32)[order]
+        self._mean = mean.to(self.device).view(1, 3, 1, 1)
+        self._std = std.to(self.device).view(1, 3, 1, 1)
+        self._mean_hwc = mean.to(self.device)
+        self._std_hwc = std.to(self.device)
         self._unit_std = bool(torch.all(std == 1))
 
-    @classmethod
-    def from_weights(cls, weights: str | Path | None = None, *, preset: str | ModelConfig | None = None,
-                     device: str | torch.device = "cpu", fp16: bool = False,
-                     resize: "ResizePolicy | str | int | None" = None, **postprocess) -> "Detector":
-        """Load weights (path, registry name, or ``None`` for the default MobileNet-0.25) and build a
-        detector. Keyword arguments of :class:`PostprocessConfig` override its defaults."""
-        model = load_model(weights, preset=preset, device=device)
-        return cls(model, device=device, fp16=fp16, resize=resize,
-                   postprocess=PostprocessConfig(**postprocess))
-
-    # ------------------------------------------------------------------ preprocessing
-    def _preprocess_arrays(self, images: Sequence[np.ndarray], policy: ResizePolicy) -> tuple[Tensor, Tensor, Tensor]:
+    def _arrays(self, images: Sequence[np.ndarray], policy: ResizePolicy) -> tuple[Tensor, Tensor, Tensor]:
         prepared: list[np.ndarray] = []
         scales: list[float] = []
         for i, img in enumerate(images):
-            img = _as_bgr_uint8(img, i)
+            img = as_bgr_uint8(img, i)
             s = policy.scale(img.shape[0], img.shape[1])
             if s != 1.0:
                 # exactly the reference's resize: float32 image, cv2 bilinear, fx = fy = s
@@ -227,11 +130,7 @@ class Detector:
         scales_t = torch.tensor(scales, dtype=torch.float32, device=self.device)
         return batch.permute(0, 3, 1, 2), scales_t, sizes
 
-    def _normalise(self, x: Tensor) -> Tensor:
-        x = x - self._mean
-        return x if self._unit_std else x / self._std
-
-    def _preprocess_tensor(self, images: Tensor, policy: ResizePolicy) -> tuple[Tensor, Tensor, Tensor]:
+    def _tensor(self, images: Tensor, policy: ResizePolicy) -> tuple[Tensor, Tensor, Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputImageError(f"expected a Tensor[B, 3, H, W] of BGR pixels, got shape {tuple(images.shape)}")
         if images.numel() == 0:
@@ -243,43 +142,46 @@ class Detector:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         scales = torch.full((x.shape[0],), s, dtype=torch.float32, device=self.device)
         sizes = torch.tensor([x.shape[2:]] * x.shape[0], dtype=torch.float32, device=self.device)
-        return self._normalise(x), scales, sizes
+        x = x - self._mean
+        return (x if self._unit_std else x / self._std), scales, sizes
 
-    def preprocess(self, images: Sequence[np.ndarray] | Tensor, *,
-                   resize: "ResizePolicy | str | int | None" = None) -> tuple[Tensor, Tensor, Tensor]:
-        """-> ``(Tensor[B, 3, H, W]`` network input (zero-padded bottom/right to the largest image),
-        ``Tensor[B]`` resize factors, ``Tensor[B, 2]`` valid (h, w) of each image in the input)."""
-        policy = self.resize if resize is None else ResizePolicy.parse(resize)
+    def __call__(self, images: Sequence[np.ndarray] | Tensor,
+                 policy: ResizePolicy) -> tuple[Tensor, Tensor, Tensor]:
         if isinstance(images, Tensor):
-            return self._preprocess_tensor(images, policy)
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:
-            raise InputImageError("pass a list of images (for one image: [image])")
-        if len(images) == 0:
-            raise InputImageError("no images given")
-        return self._preprocess_arrays(images, policy)
+            return self._tensor(images, policy)
+        check_image_list(images)
+        return self._arrays(images, policy)
 
-    # ------------------------------------------------------------------ forward / postprocess
-    @torch.inference_mode()
-    def forward(self, batch: Tensor, sizes: Tensor | None = None) -> RetinaFaceOutput:
-        """Network outputs for a preprocessed batch. ``sizes`` (``Tensor[B, 2]``, valid h, w) makes a
-        padded mixed-size batch give each image the result it would get alone."""
-        if self.fp16:
-            batch = batch.half()
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        full = torch.tensor(batch.shape[2:], dtype=torch.float32, device=batch.device)
-        if sizes is None or bool((sizes == full).all()):
-            return self.model(batch)
-        with _PaddingMask(self.model, sizes, (batch.shape[2], batch.shape[3])):
-            return self.model(batch)
+
+class RetinaFacePostprocess:
+    """Raw RetinaFace outputs of a batch -> per-image :class:`Detections`, on the outputs' device.
+
+    torchvision ``retinanet.py`` style: rank on the face-vs-background logit margin, threshold,
+    top-k, decode only the survivors, batched greedy NMS in original-image pixels, keep-top-k.
+    The same code serves every runtime (eager torch, onnxruntime, OpenVINO): they differ only in
+    how the :class:`~detector.model.RetinaFaceOutput` is computed.
+    """
+
+    def __init__(self, config: ModelConfig, postprocess: PostprocessConfig = PostprocessConfig(), *,
+                 nms_budget: int = 64_000_000) -> None:
+        self.config = postprocess
+        self.anchors = AnchorGenerator(config.anchors)
+        self.coder = BoxCoder(config.variance)
+        self.nms_budget = nms_budget
+
+    def with_overrides(self, **overrides: float | int | None) -> PostprocessConfig:
+        """The config with the given non-``None`` fields replaced."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self.config, **given) if given else self.config
 
     @torch.inference_mode()
-    def postprocess(self, output: RetinaFaceOutput, input_size: tuple[int, int], scales: Tensor,
-                    config: PostprocessConfig | None = None) -> list[Detections]:
+    def __call__(self, output: RetinaFaceOutput, input_size: tuple[int, int], scales: Tensor,
+                 config: PostprocessConfig | None = None) -> list[Detections]:
         """Decode raw outputs of a ``input_size = (H, W)`` batch into per-image detections.
 
         ``scales[b]`` is the resize factor of image ``b``; results are divided by it.
         """
-        cfg = config or self.postprocess_config
+        cfg = config or self.config
         logits = output.cls_logits.float()
         batch_size = logits.shape[0]
         # softmax over (background, face) is sigmoid(face - background): rank and threshold on that
@@ -297,7 +199,7 @@ class Detector:
         valid = top_scores > cfg.conf_threshold
         anchors = self.anchors(input_size[0], input_size[1], device=dev)[top_idx]  # [B, K, 4]
         deltas = torch.gather(output.bbox_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 4))
-        inv = (1.0 / scales).view(-1, 1, 1)
+        inv = (1.0 / scales.to(dev)).view(-1, 1, 1)
         # NMS in original-image pixels, as the reference does: with the +1-pixel area convention the
         # IoU depends on the scale the boxes are expressed at.
         boxes = self.coder.decode_boxes(deltas, anchors) * inv
@@ -319,16 +221,82 @@ class Detector:
             for i in range(0, b, per_chunk)
         ])
 
+
+class Detector:
+    """RetinaFace inference in eager torch on batches of images of any sizes (the ``torch``
+    runtime of :class:`detector.spec.DetectorSpec`; reference-exact).
+
+    Call :meth:`detect` (or the instance) with a list of ``HxWx3`` uint8 BGR images, or with one
+    ``Tensor[B, 3, H, W]`` of BGR pixel values. Build it from a spec
+    (``DetectorSpec(runtime="torch", ...).build()``), or from a model in training code.
+    """
+
+    def __init__(self, model: RetinaFace, *, device: str | torch.device | None = None, fp16: bool = False,
+                 resize: "ResizePolicy | str | int | None" = None,
+                 postprocess: PostprocessConfig = PostprocessConfig(), fuse: bool = True,
+                 nms_budget: int = 64_000_000) -> None:
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        if fp16 and device.type != "cuda":
+            raise ValueError("fp16 inference is only supported on CUDA devices")
+        self.config: ModelConfig = model.config
+        self.device = device
+        self.fp16 = fp16
+        self.resize = ResizePolicy.parse(resize)
+        net = fuse_conv_bn(model) if fuse else model.eval()
+        # channels_last lets oneDNN / cuDNN pick their fast (NHWC) depthwise and 1x1 kernels
+        net = net.to(device).to(memory_format=torch.channels_last)
+        if fp16:
+            net = net.half()
+        self.model = net.eval()
+        self.inputs = RetinaFaceInput(self.config, device=device)
+        self.decoder = RetinaFacePostprocess(self.config, postprocess, nms_budget=nms_budget)
+
+    @property
+    def postprocess_config(self) -> PostprocessConfig:
+        return self.decoder.config
+
+    @classmethod
+    def from_weights(cls, weights: str | Path | None = None, *, preset: str | ModelConfig | None = None,
+                     device: str | torch.device = "cpu", fp16: bool = False,
+                     resize: "ResizePolicy | str | int | None" = None,
+                     postprocess: PostprocessConfig | None = None) -> "Detector":
+        """Load weights (path, registry name, or ``None`` for the default MobileNet-0.25) and build a
+        detector. Library code builds detectors through :class:`detector.spec.DetectorSpec`."""
+        model = load_model(weights, preset=preset, device=device)
+        return cls(model, device=device, fp16=fp16, resize=resize, postprocess=postprocess or PostprocessConfig())
+
+    def preprocess(self, images: Sequence[np.ndarray] | Tensor, *,
+                   resize: "ResizePolicy | str | int | None" = None) -> tuple[Tensor, Tensor, Tensor]:
+        """See :class:`RetinaFaceInput`."""
+        return self.inputs(images, self.resize if resize is None else ResizePolicy.parse(resize))
+
+    @torch.inference_mode()
+    def forward(self, batch: Tensor, sizes: Tensor | None = None) -> RetinaFaceOutput:
+        """Network outputs for a preprocessed batch. ``sizes`` (``Tensor[B, 2]``, valid h, w) makes a
+        padded mixed-size batch give each image the result it would get alone."""
+        if self.fp16:
+            batch = batch.half()
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        full = torch.tensor(batch.shape[2:], dtype=torch.float32, device=batch.device)
+        if sizes is None or bool((sizes == full).all()):
+            return self.model(batch)
+        with _PaddingMask(self.model, sizes, (batch.shape[2], batch.shape[3])):
+            return self.model(batch)
+
+    def postprocess(self, output: RetinaFaceOutput, input_size: tuple[int, int], scales: Tensor,
+                    config: PostprocessConfig | None = None) -> list[Detections]:
+        """See :class:`RetinaFacePostprocess`."""
+        return self.decoder(output, input_size, scales, config)
+
     def detect(self, images: Sequence[np.ndarray] | Tensor, *,
                resize: "ResizePolicy | str | int | None" = None, conf_threshold: float | None = None,
                nms_threshold: float | None = None, top_k: int | None = None,
                keep_top_k: int | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per input image (tensors on the model's device)."""
-        overrides = {k: v for k, v in dict(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                            top_k=top_k, keep_top_k=keep_top_k).items() if v is not None}
-        cfg = dataclasses.replace(self.postprocess_config, **overrides) if overrides else None
+        cfg = self.decoder.with_overrides(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
+                                          top_k=top_k, keep_top_k=keep_top_k)
         batch, scales, sizes = self.preprocess(images, resize=resize)
         output = self.forward(batch, sizes)
-        return self.postprocess(output, (batch.shape[2], batch.shape[3]), scales, cfg)
+        return self.decoder(output, (batch.shape[2], batch.shape[3]), scales, cfg)
 
     __call__ = detect

@@ -2,8 +2,8 @@
 
 Module and parameter names follow biubug6/Pytorch_Retinaface so that its public checkpoints load
 unchanged (``body.*``, ``fpn.output{k}``, ``fpn.merge{k}``, ``ssh{k}``, ``ClassHead.{k}``,
-``BboxHead.{k}``, ``LandmarkHead.{k}``). The ResNet-50 is written here with torchvision's parameter
-names (so ``Resnet50_Final.pth`` loads) without depending on torchvision.
+``BboxHead.{k}``, ``LandmarkHead.{k}``). The backbones (``body``) live in :mod:`detector.backbones`,
+one module each, looked up by ``ModelConfig.backbone``.
 
 ``forward`` always returns raw outputs (logits and deltas); decoding and NMS live in
 :mod:`detector.inference`, target encoding in :mod:`detector.training`.
@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbones import get_backbone
 from .config import ModelConfig
+from .layers import conv_bn, fold_conv_bn
 
-__all__ = ["RetinaFace", "RetinaFaceOutput", "MobileNetV1", "ResNet50", "build_backbone", "fuse_conv_bn"]
+__all__ = ["RetinaFace", "RetinaFaceOutput", "build_backbone", "fuse_conv_bn"]
 
 
 class RetinaFaceOutput(NamedTuple):
@@ -37,127 +39,9 @@ class RetinaFaceOutput(NamedTuple):
     landmark_deltas: Tensor
 
 
-# --------------------------------------------------------------------------------------------------
-# building blocks (biubug6 naming: Sequential(conv, bn[, act]))
-
-
-def _conv_bn(inp: int, oup: int, *, stride: int = 1, leaky: float | None = 0.0, kernel: int = 3,
-             groups: int = 1) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(inp, oup, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(oup),
-    ]
-    if leaky is not None:
-        layers.append(nn.LeakyReLU(negative_slope=leaky, inplace=True) if leaky > 0 else nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-def _conv_dw(inp: int, oup: int, *, stride: int, leaky: float = 0.1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
-        nn.BatchNorm2d(inp),
-        nn.LeakyReLU(negative_slope=leaky, inplace=True),
-        nn.Conv2d(inp, oup, 1, 1, 0, bias=False),
-        nn.BatchNorm2d(oup),
-        nn.LeakyReLU(negative_slope=leaky, inplace=True),
-    )
-
-
-class _Backbone(nn.Module):
-    """Runs children in order and returns the outputs of ``return_layers``."""
-
-    def __init__(self, return_layers: tuple[str, ...]) -> None:
-        super().__init__()
-        self.return_layers = tuple(return_layers)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        wanted = set(self.return_layers)
-        feats: dict[str, Tensor] = {}
-        for name, module in self.named_children():
-            x = module(x)
-            if name in wanted:
-                feats[name] = x
-                if len(feats) == len(wanted):
-                    break
-        return [feats[name] for name in self.return_layers]
-
-
-class MobileNetV1(_Backbone):
-    """MobileNetV1 x0.25 as in biubug6 (LeakyReLU 0.1 throughout). Output strides 8/16/32."""
-
-    def __init__(self, return_layers: tuple[str, ...] = ("stage1", "stage2", "stage3")) -> None:
-        super().__init__(return_layers)
-        self.stage1 = nn.Sequential(
-            _conv_bn(3, 8, stride=2, leaky=0.1),
-            _conv_dw(8, 16, stride=1),
-            _conv_dw(16, 32, stride=2),
-            _conv_dw(32, 32, stride=1),
-            _conv_dw(32, 64, stride=2),
-            _conv_dw(64, 64, stride=1),
-        )
-        self.stage2 = nn.Sequential(
-            _conv_dw(64, 128, stride=2),
-            *[_conv_dw(128, 128, stride=1) for _ in range(5)],
-        )
-        self.stage3 = nn.Sequential(
-            _conv_dw(128, 256, stride=2),
-            _conv_dw(256, 256, stride=1),
-        )
-
-
-class _Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck (stride on the 3x3 conv), same parameter names."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, *, stride: int = 1) -> None:
-        super().__init__()
-        width = planes
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or inplanes != planes * self.expansion:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes * self.expansion, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * self.expansion),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-class ResNet50(_Backbone):
-    """ResNet-50 trunk (no avgpool / fc). Stage strides: layer1 4, layer2 8, layer3 16, layer4 32."""
-
-    def __init__(self, return_layers: tuple[str, ...] = ("layer2", "layer3", "layer4")) -> None:
-        super().__init__(return_layers)
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        inplanes = 64
-        for idx, (planes, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), 1):
-            layers = [_Bottleneck(inplanes, planes, stride=stride)]
-            inplanes = planes * _Bottleneck.expansion
-            layers += [_Bottleneck(inplanes, planes) for _ in range(blocks - 1)]
-            setattr(self, f"layer{idx}", nn.Sequential(*layers))
-
-
-def build_backbone(config: ModelConfig) -> _Backbone:
-    if config.backbone == "mobilenet0.25":
-        return MobileNetV1(config.return_layers)
-    if config.backbone == "resnet50":
-        return ResNet50(config.return_layers)
-    raise ValueError(f"unknown backbone {config.backbone!r}")
+def build_backbone(config: ModelConfig) -> nn.Module:
+    """The trunk registered as ``config.backbone`` (:mod:`detector.backbones`)."""
+    return get_backbone(config.backbone).build(config)
 
 
 class FPN(nn.Module):
@@ -172,12 +56,12 @@ class FPN(nn.Module):
         self.num_inputs = len(in_channels)
         self.extra_levels = extra_levels
         for i, c in enumerate(in_channels, 1):
-            setattr(self, f"output{i}", _conv_bn(c, out_channels, kernel=1, leaky=leaky))
+            setattr(self, f"output{i}", conv_bn(c, out_channels, kernel=1, leaky=leaky))
         for i in range(1, len(in_channels)):
-            setattr(self, f"merge{i}", _conv_bn(out_channels, out_channels, leaky=leaky))
+            setattr(self, f"merge{i}", conv_bn(out_channels, out_channels, leaky=leaky))
         for i in range(1, extra_levels + 1):
             src = in_channels[-1] if i == 1 else out_channels
-            setattr(self, f"extra{i}", _conv_bn(src, out_channels, stride=2, leaky=leaky))
+            setattr(self, f"extra{i}", conv_bn(src, out_channels, stride=2, leaky=leaky))
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         n = self.num_inputs
@@ -200,11 +84,11 @@ class SSH(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, leaky: float) -> None:
         super().__init__()
         q = out_channels // 4
-        self.conv3X3 = _conv_bn(in_channels, out_channels // 2, leaky=None)
-        self.conv5X5_1 = _conv_bn(in_channels, q, leaky=leaky)
-        self.conv5X5_2 = _conv_bn(q, q, leaky=None)
-        self.conv7X7_2 = _conv_bn(q, q, leaky=leaky)
-        self.conv7x7_3 = _conv_bn(q, q, leaky=None)
+        self.conv3X3 = conv_bn(in_channels, out_channels // 2, leaky=None)
+        self.conv5X5_1 = conv_bn(in_channels, q, leaky=leaky)
+        self.conv5X5_2 = conv_bn(q, q, leaky=None)
+        self.conv7X7_2 = conv_bn(q, q, leaky=leaky)
+        self.conv7x7_3 = conv_bn(q, q, leaky=None)
 
     def forward(self, x: Tensor) -> Tensor:
         c3 = self.conv3X3(x)
@@ -265,21 +149,13 @@ class RetinaFace(nn.Module):
 # inference-time folding
 
 
-@torch.no_grad()
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    fused = copy.deepcopy(conv)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
-    return fused
-
-
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
     """Return a copy of ``model`` (in eval mode) with every Conv2d -> BatchNorm2d pair folded.
 
-    Covers the ``Sequential(conv, bn, ...)`` blocks and the ResNet bottleneck's ``convK``/``bnK``
-    pairs. Numerically equivalent in eval mode (float rounding aside); not for training.
+    Covers the ``Sequential(conv, bn, ...)`` blocks anywhere in ``model`` and, in each
+    :class:`RetinaFace` it holds, the pairs its backbone's registered ``fuse`` hook knows (e.g. the
+    ResNet bottleneck's ``convK``/``bnK``). Numerically equivalent in eval mode (float rounding
+    aside); not for training.
     """
     model = copy.deepcopy(model).eval()
     for module in model.modules():
@@ -287,15 +163,10 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             children = list(module.named_children())
             for (n1, m1), (n2, m2) in zip(children, children[1:]):
                 if isinstance(m1, nn.Conv2d) and isinstance(m2, nn.BatchNorm2d):
-                    setattr(module, n1, _fold(m1, m2))
+                    setattr(module, n1, fold_conv_bn(m1, m2))
                     setattr(module, n2, nn.Identity())
-        elif isinstance(module, _Bottleneck):
-            for k in (1, 2, 3):
-                conv, bn = getattr(module, f"conv{k}"), getattr(module, f"bn{k}")
-                if isinstance(bn, nn.BatchNorm2d):
-                    setattr(module, f"conv{k}", _fold(conv, bn))
-                    setattr(module, f"bn{k}", nn.Identity())
-        elif isinstance(module, ResNet50) and isinstance(module.bn1, nn.BatchNorm2d):
-            module.conv1 = _fold(module.conv1, module.bn1)
-            module.bn1 = nn.Identity()
+    for module in [m for m in model.modules() if isinstance(m, RetinaFace)]:
+        fuse = get_backbone(module.config.backbone).fuse
+        if fuse is not None:
+            fuse(module.body)
     return model

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .backbones import backbone_of_checkpoint
 from .config import ModelConfig, get_preset
 from .hub import (  # noqa: F401  (re-exported: the resolver lives in the torch-free hub module)
     CACHE_ENV,
@@ -78,14 +79,6 @@ def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return dict(state)
 
 
-def _guess_backbone(state: Mapping[str, Any]) -> str | None:
-    if any(k.startswith("body.stage1.") for k in state):
-        return "mobilenet0.25"
-    if any(k.startswith("body.layer1.") for k in state):
-        return "resnet50"
-    return None
-
-
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig | None, dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint file -> ``(config or None, state_dict, the rest of the file's dict)``."""
     path = Path(path)
@@ -112,7 +105,7 @@ def _check_keys(model: nn.Module, state: Mapping[str, Any], path: Path, config: 
     ]
     if not (missing or unexpected or mismatched):
         return
-    looks = _guess_backbone(state)
+    looks = backbone_of_checkpoint(state)
     hint = f"the file looks like a {looks} RetinaFace" if looks else "the file does not look like a RetinaFace"
 
     def _list(items: list[str]) -> str:
@@ -144,7 +137,7 @@ def load_model(weights: str | Path | None = None, *, preset: str | ModelConfig |
     elif stored is not None:
         config = stored
     else:
-        guess = _guess_backbone(state)
+        guess = backbone_of_checkpoint(state)  # a bare checkpoint loads as the preset named like its backbone
         if guess is None:
             raise CheckpointError(
                 f"{path}: cannot tell the architecture from its keys (first: {list(state)[:3]}); pass preset="

@@ -28,10 +28,13 @@ try:
 except ImportError:  # running from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detector.spec import add_detector_arguments, spec_from_args
 from pipeline.config import AlignConfig
 from pipeline.job import EXIT_USAGE, AlignJobConfig, JobConfigError, run_align_job
+from pipeline.writers import FORMATS
 
-EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+EXIT_INTERRUPTED = 130
+DEFAULT_RESIZE = "cap:1024"  # the shell's code for Ctrl-C
 
 EPILOG = """\
 examples:
@@ -60,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--dst", type=Path, help="output folder (default with --demo: aligned/)")
     io.add_argument("--ext", choices=("jpg", "png"), default="jpg", help="crop file format (default jpg)")
     io.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
-    io.add_argument("--format", choices=("folder", "recordio"), default="folder",
-                    help="recordio: also write train.rec/train.idx/property for arcface_torch, "
+    io.add_argument("--format", choices=tuple(FORMATS), default="folder",
+                    help="folder: crop files only; recordio: also train.rec/train.idx/property for "
+                         "arcface_torch; webdataset: tar shards of ~1 GB (KEY.jpg + KEY.json) in dst/shards/; "
                          "label = index of the top-level folder (default folder)")
+    io.add_argument("--shard-bytes", type=int, default=1 << 30,
+                    help="webdataset: close a shard at about this many bytes (default 1 GiB)")
     io.add_argument("--limit", type=int, help="only the first N photos (sorted paths)")
     io.add_argument("--overwrite", action="store_true",
                     help="trust no manifest record: redo every photo (also after changing settings)")
@@ -81,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="minimum shorter box side in photo pixels (default 0)")
     al.add_argument("--on-no-face", choices=("skip", "center-crop"), default="skip",
                     help="photos without a face: no output, or a centred crop (default skip)")
-    al.add_argument("--detect-resize", default="cap:1024",
-                    help="detector input size: cap:N (shrink long side to N), long:N, original "
-                         "(default cap:1024)")
-    al.add_argument("--weights", help="RetinaFace weights file or registry name (default mobilenet0.25)")
+    al.add_argument("--exact", action="store_true",
+                    help="decode every photo at full size, so that crops are bit-identical to insightface's "
+                         "norm_crop of the detections (default: JPEGs the detector shrinks 2x or more are "
+                         "decoded as drafts, several times faster)")
+    add_detector_arguments(p, resize_default=DEFAULT_RESIZE, device_default="auto", precision_default="auto")
 
     rs = p.add_argument_group("resources (defaults from what Ray sees)")
     rs.add_argument("--batch-size", type=int, help="photos per actor call at most (calls start smaller and "
@@ -92,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default 64 on CPU, 32 on GPU)")
     rs.add_argument("--num-workers", type=int, help="detector actors (default: one per GPU, or the CPUs "
                                                      "left after a reserve for reading/writing)")
-    rs.add_argument("--torch-threads", type=int, help="torch threads per actor (default 1; 2 from 8 CPUs up)")
-    rs.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: GPUs when Ray has them)")
     rs.add_argument("--decode", choices=("auto", "tasks", "actors"), default="auto",
                     help="where photos are decoded (default auto: read tasks for GPU actors, "
                          "the actors themselves on CPU)")
@@ -101,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "must then be on a file system every node sees")
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
     rs.add_argument("--durable", action="store_true", help="fsync every output and manifest line")
+    rs.add_argument("--verbose", action="store_true", help="show Ray's own log lines and warnings")
     rs.add_argument("--summary-json", type=Path, help="also write the summary to this file")
     return p
 
@@ -112,18 +118,21 @@ def config_from_args(args: argparse.Namespace) -> AlignJobConfig:
         on_error="record",
     )
     return AlignJobConfig(
-        src=args.src, dst=args.dst, align=align, on_no_face=args.on_no_face, weights=args.weights,
-        ext=args.ext, quality=args.quality, format=args.format, batch_size=args.batch_size,
-        num_workers=args.num_workers, device=args.device, torch_threads=args.torch_threads,
-        limit=args.limit, dry_run=args.dry_run, overwrite=args.overwrite, address=args.address,
-        progress=not args.no_progress, durable=args.durable, decode=args.decode,
+        src=args.src, dst=args.dst, align=align, device=args.device,
+        detector=spec_from_args(args, device="cpu" if args.device == "auto" else args.device),
+        on_no_face=args.on_no_face, exact=args.exact,
+        ext=args.ext, quality=args.quality, format=args.format, shard_bytes=args.shard_bytes,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers, threads=args.threads, limit=args.limit, dry_run=args.dry_run,
+        overwrite=args.overwrite, address=args.address, progress=not args.no_progress, durable=args.durable,
+        decode=args.decode, verbose=args.verbose,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.demo:
         args.src = args.src or Path("raw")
         args.dst = args.dst or Path("aligned")
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: finished photos are recorded; rerun the same command to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(summary.format())
+    print(summary.text())
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
     return summary.exit_code

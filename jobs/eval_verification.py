@@ -24,6 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from detector.api import PostprocessConfig
+from detector.spec import add_detector_arguments, spec_from_args
 from pipeline.verification.aggregate import AggregationConfig
 from pipeline.verification.crops import ALIGNMENT_SOURCES, DetectorSettings, parse_sources
 from pipeline.verification.metrics import DEFAULT_FARS
@@ -48,14 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", default=None,
                    help=f"comma-separated alignment sources from {','.join(ALIGNMENT_SOURCES)} "
                         "(default: provided,detector,box with protocol landmarks, else detector,box)")
-    p.add_argument("--weights", default=None, help="RetinaFace weights file or registry name (default mobilenet0.25)")
-    p.add_argument("--preset", default=None, help="detector architecture preset when the weights do not say")
-    p.add_argument("--resize", default="cap:1024", help="detector input scaling (default cap:1024)")
+    add_detector_arguments(p, resize_default="cap:1024")
     p.add_argument("--conf", type=float, default=0.5, help="detector confidence threshold (default 0.5)")
     p.add_argument("--nms", type=float, default=0.4, help="detector NMS IoU (default 0.4)")
     p.add_argument("--select", default="largest", choices=("largest", "central", "score"),
                    help="which detected face of a photo (default largest)")
-    p.add_argument("--device", default="cpu", help="detector device")
     p.add_argument("--flip", action="store_true", help="flip test: add the mirrored crop's embedding")
     p.add_argument("--face-score", action="store_true", help="weight image features by their faceness score")
     p.add_argument("--drop-norm", action="store_true", help="L2-normalise image features before aggregation")
@@ -64,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-source-pairs", action="store_true",
                    help="score each source on all pairs it can score (default: pairs every source can score)")
     p.add_argument("--num-workers", type=int, default=1, help="> 1: extract embeddings on that many Ray actors")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads per worker")
+    p.add_argument("--address", help="Ray cluster address for --num-workers > 1 (default: a local Ray)")
     p.add_argument("--chunk-size", type=int, default=16, help="photos per worker task")
     p.add_argument("--strict", action="store_true", help="missing or unreadable photos are errors")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -88,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     config = EvaluationConfig(
         sources=sources,
         aggregation=AggregationConfig(flip=args.flip, face_score=args.face_score, keep_norm=not args.drop_norm),
-        detector=DetectorSettings(weights=args.weights, preset=args.preset, resize=args.resize,
-                                  conf_threshold=args.conf, nms_threshold=args.nms, select=args.select,
-                                  device=args.device),
+        detector=DetectorSettings(
+            spec=spec_from_args(args, postprocess=PostprocessConfig(conf_threshold=args.conf, nms_threshold=args.nms)),
+            select=args.select),
         fars=tuple(float(f) for f in args.fars.split(",") if f.strip()),
-        num_workers=args.num_workers, threads=args.threads, chunk_size=args.chunk_size, strict=args.strict,
+        num_workers=args.num_workers, threads=args.threads, address=args.address, chunk_size=args.chunk_size, strict=args.strict,
         common_pairs=not args.per_source_pairs, baseline=args.baseline, progress=not args.quiet,
     )
     result = evaluate(protocol, recognizer=recognizer, config=config)

@@ -9,7 +9,7 @@ or run the detector over a WIDER val image folder (``<images>/<event>/<image>.jp
 predictions under ``--out``, then score them::
 
     python jobs/eval_widerface.py --images val/images --weights mobilenet0.25.pth \\
-        --gt ground_truth/ --resize widerface --out runs/eval --json runs/eval/ap.json [--tta]
+        --gt ground_truth/ --detect-resize widerface --out runs/eval --json runs/eval/ap.json [--tta]
 
 When only some validation images have predictions (or images), those are evaluated and the count
 is reported; ``--require-all`` makes that an error. One PR-curve PNG per setting is written to
@@ -19,11 +19,7 @@ is reported; ``--require-all`` makes that an error. One PR-curve PNG per setting
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -31,49 +27,11 @@ try:
 except ImportError:  # running from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.evaluation.widerface import (
-    WiderFaceEvalConfig,
-    WiderFaceResult,
-    evaluate_folder,
-    load_ground_truth,
-    plot_pr_curves,
-    predict_submission,
-)
+from detector.api import PostprocessConfig
+from detector.evaluation.job import DetectorRunConfig, EvalJobConfig, run_widerface_eval
+from detector.spec import add_detector_arguments, spec_from_args
 
-
-@dataclass(frozen=True)
-class DetectorRunConfig:
-    """How predictions are produced in ``--images`` mode."""
-
-    images_dir: Path
-    weights: str
-    preset: str | None = None
-    device: str = "cpu"
-    fp16: bool = False
-    resize: str = "original"
-    batch_size: int = 4
-    conf_threshold: float = 0.02
-    nms_threshold: float = 0.4
-    tta: bool = False
-    tta_scales: tuple[int, ...] = (500, 800, 1100, 1400, 1700)
-    tta_max_size: int | None = None
-
-
-@dataclass(frozen=True)
-class EvalJobConfig:
-    gt_dir: Path
-    out_dir: Path
-    pred_dir: Path | None = None
-    run: DetectorRunConfig | None = None
-    json_path: Path | None = None
-    plot: bool = True
-    require_all: bool = False
-    iou_threshold: float = 0.5
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if (self.pred_dir is None) == (self.run is None):
-            raise ValueError("give exactly one of --pred or --images/--weights")
+__all__ = ["build_parser", "config_from_args", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,22 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=0.5, help="matching IoU threshold (default: %(default)s, official)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    det = p.add_argument_group("detector (--images mode)")
-    det.add_argument("--weights", help="checkpoint path or registry name (biubug6 .pth or ours)")
-    det.add_argument("--preset", help="model preset when the checkpoint does not say (e.g. mobilenet0.25)")
-    det.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    det.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
-    det.add_argument("--resize", default="original",
-                     help="resize policy: 'original' (no resize, biubug6 --origin_size), 'widerface' "
-                          "(short side 1600, long side capped at 2150), 'short:N[,MAX]', 'long:N' "
-                          "(default: %(default)s)")
+    det = add_detector_arguments(p, group_title="detector (--images mode)")
     det.add_argument("--batch-size", type=int, default=4,
                      help="images per forward pass; only same-size images are batched (default: %(default)s)")
     det.add_argument("--conf-threshold", type=float, default=0.02, help="default: %(default)s")
     det.add_argument("--nms-threshold", type=float, default=0.4, help="default: %(default)s")
     det.add_argument("--tta", action="store_true",
                      help="flip + multi-scale test-time augmentation merged by box voting at IoU 0.4 "
-                          "(replaces --resize)")
+                          "(replaces --detect-resize)")
     det.add_argument("--tta-scales", default="500,800,1100,1400,1700",
                      help="TTA short sides, comma separated (default: %(default)s, the paper's)")
     det.add_argument("--tta-max-size", type=int, help="cap the resized long side in TTA (default: none)")
@@ -133,68 +83,17 @@ def config_from_args(argv: list[str] | None = None) -> EvalJobConfig:
             scales = tuple(int(s) for s in a.tta_scales.split(",") if s.strip())
         except ValueError:
             parser.error(f"--tta-scales must be comma-separated integers, got {a.tta_scales!r}")
+        postprocess = PostprocessConfig(conf_threshold=a.conf_threshold, nms_threshold=a.nms_threshold)
         run = DetectorRunConfig(
-            images_dir=a.images, weights=a.weights, preset=a.preset, device=a.device, fp16=a.fp16,
-            resize=a.resize, batch_size=a.batch_size, conf_threshold=a.conf_threshold,
-            nms_threshold=a.nms_threshold, tta=a.tta, tta_scales=scales, tta_max_size=a.tta_max_size)
+            images_dir=a.images, detector=spec_from_args(a, postprocess=postprocess), batch_size=a.batch_size,
+            tta=a.tta, tta_scales=scales, tta_max_size=a.tta_max_size)
     return EvalJobConfig(gt_dir=a.gt, out_dir=a.out, pred_dir=a.pred, run=run,
                          json_path=a.json, plot=a.plot, require_all=a.require_all,
                          iou_threshold=a.iou, progress=not a.quiet)
 
 
-def predict(run: DetectorRunConfig, pred_dir: Path, *, progress: bool) -> int:
-    """Detect faces in ``run.images_dir`` and write a submission folder; returns the image count."""
-    from detector.evaluation.tta import TTAConfig, detect_tta
-    from detector.inference import Detector, ResizePolicy
-
-    det = Detector.from_weights(run.weights, preset=run.preset, device=run.device, fp16=run.fp16,
-                                resize=ResizePolicy.parse(run.resize), conf_threshold=run.conf_threshold,
-                                nms_threshold=run.nms_threshold)
-    if run.tta:
-        tta = TTAConfig(scales=run.tta_scales, max_size=run.tta_max_size)
-
-        def detect(images):
-            return detect_tta(det, images, config=tta)
-    else:
-        detect = det.detect
-    return len(predict_submission(run.images_dir, pred_dir, detect, batch_size=run.batch_size,
-                                  progress=progress))
-
-
-def run(config: EvalJobConfig) -> WiderFaceResult:
-    t0 = time.perf_counter()
-    gt = load_ground_truth(config.gt_dir)
-    pred_dir = config.pred_dir
-    if config.run is not None:
-        pred_dir = config.out_dir / "predictions"
-        n = predict(config.run, pred_dir, progress=config.progress)
-        print(f"wrote predictions for {n} images to {pred_dir}")
-    assert pred_dir is not None
-    result = evaluate_folder(pred_dir, ground_truth=gt, config=WiderFaceEvalConfig(iou_threshold=config.iou_threshold),
-                             require_all=config.require_all, progress=config.progress)
-    print(result.summary())
-    if not result.complete:
-        print(f"note: {result.images_evaluated} of {result.images_total} validation images evaluated; "
-              "AP over a subset is not comparable with full-set numbers")
-
-    summary = result.to_dict()
-    summary["pred_dir"] = str(pred_dir)
-    if config.run is not None:
-        summary["detector"] = {k: (str(v) if isinstance(v, Path) else v)
-                               for k, v in dataclasses.asdict(config.run).items()}
-    if config.plot:
-        label = Path(config.run.weights).stem if config.run is not None else pred_dir.name
-        summary["plots"] = [str(p) for p in plot_pr_curves(result, config.out_dir, label=label)]
-    json_path = config.json_path or config.out_dir / "widerface_ap.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {json_path}" + (f" and {len(summary['plots'])} PR curves in {config.out_dir}" if config.plot else ""))
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
-    run(config_from_args(argv))
+    run_widerface_eval(config_from_args(argv))
     return 0
 
 

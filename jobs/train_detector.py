@@ -37,16 +37,11 @@ try:
 except ImportError:  # running from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.training.augment import AugmentConfig
-from detector.training.trainer import (
-    TrainConfig,
-    available_train_presets,
-    get_train_preset,
-)
+from detector.config import get_preset
+from detector.training.config import TrainConfig, available_train_presets, get_train_preset
+from detector.training.ray_job import TrainingJobConfig, run_training_job
 
-__all__ = ["build_parser", "config_from_args", "main", "train_loop_per_worker"]
-
-logger = logging.getLogger("train_detector")
+__all__ = ["build_parser", "config_from_args", "main", "train_config_from_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,147 +90,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset with the command line's overrides applied."""
     config = get_train_preset(args.preset)
     changes: dict[str, Any] = {"seed": args.seed, "amp": not args.no_amp, "amp_dtype": args.amp_dtype,
                                "checkpoint_every": args.checkpoint_every, "eval_every": args.eval_every,
                                "log_every": args.log_every, "grad_clip_norm": args.grad_clip,
                                "freeze_batchnorm": args.freeze_bn}
-    if args.model is not None:
-        changes["model"] = args.model
-    if args.max_steps is not None:
-        changes["max_steps"] = args.max_steps
-    if args.epochs is not None:
-        changes["epochs"] = args.epochs
-    if args.batch_size is not None:
-        changes["batch_size"] = args.batch_size
+    overrides = {"model": args.model, "max_steps": args.max_steps, "epochs": args.epochs,
+                 "batch_size": args.batch_size, "loader_workers": args.loader_workers}
+    changes.update({name: value for name, value in overrides.items() if value is not None})
     if args.lr is not None:
         changes["optimizer"] = dataclasses.replace(config.optimizer, lr=args.lr)
-    if args.loader_workers is not None:
-        changes["loader_workers"] = args.loader_workers
-    augment: AugmentConfig = config.augment
+    augment = config.augment
     if args.image_size is not None:
         augment = dataclasses.replace(augment, image_size=args.image_size)
-    from detector.config import get_preset
-
     model_preset = get_preset(changes.get("model", config.model))
     changes["augment"] = dataclasses.replace(augment, mean_bgr=tuple(float(v) for v in model_preset.mean_bgr))
     return dataclasses.replace(config, **changes)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: one DDP rank (process group set up by Ray)."""
-    import ray.train
-    import torch
-
-    from detector.training.dataset import WiderFaceTrainDataset, parse_label_file
-    from detector.training.trainer import Trainer, build_training_model
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(int(loop_config["threads"]))
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    if loop_config["use_gpu"]:
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    config = TrainConfig.from_dict(loop_config["train_config"])
-    dataset = WiderFaceTrainDataset(
-        labels=loop_config["labels"], images_dir=loop_config["images_dir"], augment=config.augment, seed=config.seed,
-        cache_images=config.cache_images,
-    )
-    eval_images = parse_label_file(loop_config["eval_labels"]) if loop_config["eval_labels"] else ()
-    model = build_training_model(config, init_backbone=loop_config["init_backbone"], init=loop_config["init"])
-
-    def report(log) -> None:
-        ray.train.report(log.as_dict())
-
-    trainer = Trainer(
-        config=config,
-        model=model,
-        dataset=dataset,
-        device=device,
-        out_dir=loop_config["out"],
-        resume_from=loop_config["resume"],
-        eval_images=eval_images,
-        progress=loop_config["progress"] and rank == 0,
-        on_log=report,
-    )
-    if rank == 0:
-        logger.info(
-            "rank 0 of %d on %s: %d images, %d steps per epoch, steps %d..%d",
-            trainer.world_size, device, len(dataset), trainer.steps_per_epoch, trainer.step, trainer.total_steps,
+def config_from_args(argv: list[str] | None = None) -> TrainingJobConfig:
+    """Parse ``argv`` into the job's config; exits with the reason on an invalid combination."""
+    args = build_parser().parse_args(argv)
+    try:
+        return TrainingJobConfig(
+            train=train_config_from_args(args), labels=args.labels, out=args.out,
+            init_backbone=args.init_backbone, init=args.init, images_dir=args.images_dir,
+            eval_labels=args.eval_labels, resume=args.resume, num_workers=args.num_workers,
+            use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, ray_address=args.ray_address,
+            progress=not args.no_progress,
         )
-    trainer.fit()
+    except ValueError as exc:
+        raise SystemExit(f"train_detector.py: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    config = config_from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.num_workers < 1:
-        raise SystemExit("--num-workers must be at least 1")
-    if args.eval_every and args.eval_labels is None:
-        raise SystemExit("--eval-every needs --eval-labels")
-    config = config_from_args(args)
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    resume = None
-    if args.resume is not None:
-        resume = out / "last.pt" if args.resume == "last" else Path(args.resume).resolve()
-        if not resume.is_file():
-            raise SystemExit(f"--resume: no checkpoint at {resume}")
-    (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-
-    import ray
-    import ray.cloudpickle
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    # This file is not an importable module on the workers: ship the loop function by value.
-    module = sys.modules[__name__]
-    if __name__ != "__main__":
-        ray.cloudpickle.register_pickle_by_value(module)
-
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True)
-        started_ray = True
-    loop_config = {
-        "train_config": config.to_dict(),
-        "labels": str(args.labels.resolve()),
-        "images_dir": str(args.images_dir.resolve()) if args.images_dir else None,
-        "eval_labels": str(args.eval_labels.resolve()) if args.eval_labels else None,
-        "init_backbone": str(args.init_backbone.resolve()) if args.init_backbone else None,
-        "init": str(args.init.resolve()) if args.init else None,
-        "out": str(out),
-        "resume": str(resume) if resume else None,
-        "threads": args.cpus_per_worker,
-        "use_gpu": args.use_gpu,
-        "progress": not args.no_progress,
-    }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=args.num_workers, use_gpu=args.use_gpu, resources_per_worker={"CPU": args.cpus_per_worker}
-        ),
-        run_config=RunConfig(name="train_detector", storage_path=str(out / "ray")),
-    )
     try:
-        result = trainer.fit()
-    finally:
-        if __name__ != "__main__":
-            ray.cloudpickle.unregister_pickle_by_value(module)
-        if started_ray:
-            ray.shutdown()
-    del result  # fit() raises if a worker failed; the metrics are in train_log.jsonl
-    log_lines = (out / "train_log.jsonl").read_text().splitlines() if (out / "train_log.jsonl").exists() else []
-    last_log = json.loads(log_lines[-1]) if log_lines else {}
-    summary = {"checkpoint": str(out / "last.pt"), "last_log": last_log, "num_workers": args.num_workers}
+        summary = run_training_job(config)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"--resume: {exc}") from None
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "center_crop",
     "ARCFACE_TEMPLATE",
     "AlignedCrops",
     "CropSpec",
@@ -394,3 +395,15 @@ def align_faces(img: np.ndarray, landmarks: np.ndarray, image_size: int = 112, *
     spec = CropSpec.create(image_size, variant)
     m = estimate_norm_batch(lm, image_size, variant=variant)
     return AlignedCrops(crops=warp_crops(img, m, spec), matrices=m, inverse=invert_affine(m), spec=spec)
+
+
+def center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The largest centred window of ``image`` with the aspect of ``shape = (h, w)``, resized."""
+    h, w = shape
+    ih, iw = image.shape[:2]
+    scale = min(ih / h, iw / w)
+    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+    y0, x0 = (ih - ch) // 2, (iw - cw) // 2
+    window = image[y0:y0 + ch, x0:x0 + cw]
+    interp = cv2.INTER_AREA if ch >= h else cv2.INTER_LINEAR
+    return cv2.resize(window, (w, h), interpolation=interp)

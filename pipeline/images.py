@@ -43,18 +43,22 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
     "ImageFormat",
     "ImageInfo",
     "ImageReadError",
     "apply_exif_orientation",
     "decode_image",
+    "draft_factor",
     "probe_image",
     "read_image",
     "sniff_format",
 ]
 
 DEFAULT_MAX_PIXELS = 80_000_000
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+"""File extensions (lower case) that folder-walking jobs treat as photos."""
 
 BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
 ColorOrder = Literal["bgr", "rgb"]
@@ -275,9 +279,23 @@ def _decode_tiff_with_pillow(raw: bytes, source) -> tuple[np.ndarray, int]:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), residual
 
 
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def draft_factor(height: int, width: int, scale: float) -> int:
+    """The largest JPEG draft reduction (1, 2, 4 or 8) that still leaves at least ``scale`` of the
+    image's size: decoding at 1/N skips most of the JPEG decoder's work, and an image that is
+    about to be shrunk by ``scale`` loses nothing the shrink would keep."""
+    factor = 1
+    for n in (2, 4, 8):
+        if n * scale <= 1.0 and min(height, width) >= 16 * n:
+            factor = n
+    return factor
+
+
 def decode_image(data: BytesLike, *, source: str | os.PathLike | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, exif_orientation: bool = True,
-                 color: ColorOrder = "bgr") -> np.ndarray:
+                 color: ColorOrder = "bgr", reduce: int = 1) -> np.ndarray:
     """Decode an encoded image to an upright ``HxWx3`` uint8 array.
 
     Args:
@@ -286,6 +304,8 @@ def decode_image(data: BytesLike, *, source: str | os.PathLike | None = None,
         max_pixels: refuse images with more pixels than this (``None``: no cap of ours).
         exif_orientation: apply the EXIF orientation tag.
         color: ``"bgr"`` (OpenCV order, what the detector takes) or ``"rgb"``.
+        reduce: 2, 4 or 8: a JPEG is decoded at about 1/``reduce`` of its size by the decoder's
+            DCT scaling (several times faster; see :func:`draft_factor`); other formats ignore it.
 
     Returns:
         ``[H, W, 3]`` uint8, C-contiguous.
@@ -310,7 +330,12 @@ def decode_image(data: BytesLike, *, source: str | os.PathLike | None = None,
         img, orientation = _decode_tiff_with_pillow(raw, source)
     else:
         buf = np.frombuffer(raw, dtype=np.uint8)
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        flags = cv2.IMREAD_COLOR
+        if reduce != 1 and info.format is ImageFormat.JPEG:
+            if reduce not in _REDUCED_FLAGS:
+                raise ValueError(f"reduce must be 1, 2, 4 or 8, got {reduce!r}")
+            flags = _REDUCED_FLAGS[reduce]
+        img = cv2.imdecode(buf, flags | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is None:
             raise ImageReadError(
                 source, f"corrupt or truncated {info.format.value.upper()} data (decoder failed)"

@@ -29,12 +29,15 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from pipeline.writers import TEMP_MARKER
+import cv2
+
+from common.fsio import atomic_write_text, temp_path
+from pipeline.manifest import iter_manifest
 
 __all__ = [
     "MAGIC",
@@ -50,6 +53,7 @@ __all__ = [
     "RecordIOFormatError",
     "ArcFaceProperty",
     "write_arcface_records",
+    "write_recordio_from_manifest",
 ]
 
 MAGIC = 0xCED7230A
@@ -282,7 +286,7 @@ class ArcFaceRecordWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self._tmp = {name: self.folder / f".{name}{TEMP_MARKER}{os.getpid()}"
+        self._tmp = {name: temp_path(self.folder / name)
                      for name in (REC_NAME, IDX_NAME, PROPERTY_NAME)}
         self._rio = IndexedRecordIOWriter(self._tmp[REC_NAME], self._tmp[IDX_NAME])
         placeholder = _header_record(0, 0)
@@ -431,3 +435,48 @@ def write_arcface_records(
         for label, jpeg in samples:
             writer.add(label, jpeg)
         return writer.num_images
+
+
+def write_recordio_from_manifest(dst: Path, *, image_size: tuple[int, int], quality: int) -> dict[str, Any]:
+    """Pack every ``ok`` crop listed in the (compacted, sorted) manifest into ``dst/train.rec``.
+
+    Label = index of the input's top-level folder, numbered in order of the sorted relative
+    paths (``dst/identities.tsv`` maps label -> folder). Inputs directly under ``src`` have no
+    identity and are left out (counted). PNG crops are re-encoded as JPEG.
+    """
+    identities: list[tuple[str, int]] = []  # (folder, images) in label order
+    seen: set[str] = set()
+    skipped = 0
+    with ArcFaceRecordWriter(dst, image_size=image_size) as writer:
+        for record in iter_manifest(dst / "manifest.jsonl"):
+            if record.get("status") != "ok" or not record.get("outputs"):
+                continue
+            parts = PurePosixPath(record["src"]).parts
+            if len(parts) < 2:
+                skipped += 1
+                continue
+            if not identities or identities[-1][0] != parts[0]:
+                if parts[0] in seen:
+                    raise ValueError(f"{dst / 'manifest.jsonl'} is not sorted by src; compact it first")
+                seen.add(parts[0])
+                identities.append((parts[0], 0))
+            label = len(identities) - 1
+            for rel in record["outputs"]:
+                data = (dst / rel).read_bytes()
+                if not rel.lower().endswith((".jpg", ".jpeg")):
+                    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                    data = _jpeg(img, quality)
+                writer.add(label, data)
+                identities[-1] = (parts[0], identities[-1][1] + 1)
+        num_images = writer.num_images
+    atomic_write_text(dst / "identities.tsv",
+                      "".join(f"{i}\t{name}\t{count}\n" for i, (name, count) in enumerate(identities)))
+    return {"images": num_images, "identities": len(identities), "skipped_without_identity": skipped,
+            "rec": str(dst / "train.rec")}
+
+
+def _jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("could not encode a crop as JPEG")
+    return buf.tobytes()

@@ -1,94 +1,43 @@
-"""Crash-safe outputs: atomic file writes, the output-tree layout, and the JSONL manifest.
+"""Where the align job's crops go: the output layout and the writer interface, one class per format.
 
-The invariants the align job relies on:
+A :class:`CropWriter` is used in three places of the job:
 
-* An output file is only ever visible complete: it is written under a temporary name in the
-  same folder and ``os.replace``-d onto its final name. A killed writer leaves at most a
-  temporary file, which :func:`remove_temporaries` deletes on the next run.
-* The manifest is append-only JSONL, one record per processed input, appended only after the
-  record's outputs are in place. A kill can leave at most one partial last line; readers ignore
-  lines without their newline and :class:`ManifestWriter` truncates such a tail before appending.
-  A later record for the same input supersedes earlier ones; :func:`compact_manifest` rewrites
-  the file (atomically) with exactly one record per input.
+* ``write(stem, crops)`` in the Ray write tasks (in parallel): encode the crops and, for file
+  formats, write each one atomically; returns the outputs to record and the payloads (encoded
+  crops) that the driver must still place.
+* ``sink(manifest, inputs)`` in the driver, fed every record in arrival order: appends a record to
+  the manifest only once its outputs are in place (a killed run then redoes exactly the inputs
+  whose outputs are not complete: no duplicate, no missing sample).
+* ``finalize()`` after the manifest is compacted: post-passes (RecordIO packing).
 
-``os.replace`` is atomic against process death. Pass ``durable=True`` to also ``fsync`` data and
-folder so outputs survive a power loss (slower on most file systems).
+Formats (:data:`FORMATS`): ``folder`` (crop files mirroring ``src``), ``recordio`` (the files,
+then ``train.rec``/``.idx``/``property`` for arcface_torch), ``webdataset`` (tar shards of about
+``shard_bytes`` with ``KEY.jpg`` + ``KEY.json`` per crop). Adding a format is one class here and
+its name in :data:`FORMATS`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+
+from common.fsio import TEMP_MARKER, atomic_write_bytes, atomic_write_text, remove_temporaries, temp_path
+from pipeline.manifest import ManifestWriter, compact_manifest, iter_manifest, load_manifest, outputs_complete
 
 __all__ = [
-    "TEMP_MARKER",
-    "atomic_write_bytes",
-    "atomic_write_text",
+    "FORMATS", "TEMP_MARKER", "CropWriter", "FolderCropWriter", "ManifestWriter", "OutputLayout", "RecordIOCropWriter",
+    "RecordSink", "WebDatasetCropWriter", "atomic_write_bytes", "atomic_write_text", "compact_manifest",
+    "encode_crop", "identity_labels", "iter_manifest", "load_manifest", "make_writer", "outputs_complete",
     "remove_temporaries",
-    "OutputLayout",
-    "ManifestWriter",
-    "iter_manifest",
-    "load_manifest",
-    "compact_manifest",
-    "outputs_complete",
 ]
-
-TEMP_MARKER = ".faceprep-tmp-"
-"""Substring of every temporary file name this module creates (``.<name>.faceprep-tmp-<hex>``)."""
-
-
-def _temp_path(path: Path) -> Path:
-    # the name is cut so that a final name near the 255-byte limit still has a temporary name
-    return path.with_name(f".{path.name[:120]}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:
-    """UTF-8; file names that are not UTF-8 (surrogate escapes) are written back as their bytes."""
-    return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"), durable=durable)
-
-
-def remove_temporaries(root: str | os.PathLike) -> int:
-    """Delete temporary files left under ``root`` by killed writers; returns how many."""
-    removed = 0
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            if TEMP_MARKER in name:
-                Path(folder, name).unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 @dataclass(frozen=True)
@@ -130,135 +79,208 @@ class OutputLayout:
         return [f"{stem}.{self.ext}"] * num_crops
 
 
-def outputs_complete(dst: str | os.PathLike, record: Mapping[str, Any]) -> bool:
-    """True when every output the record lists exists as a non-empty file under ``dst``."""
-    for rel in record.get("outputs") or ():
-        try:
-            if os.stat(Path(dst, rel)).st_size <= 0:
-                return False
-        except OSError:
-            return False
-    return True
+def encode_crop(crop: np.ndarray, ext: str, quality: int) -> bytes:
+    """One crop as JPEG (``quality``) or PNG bytes."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    ok, buf = cv2.imencode(f".{ext}", crop, params)
+    if not ok:
+        raise RuntimeError(f"could not encode a crop as {ext}")
+    return buf.tobytes()
 
 
-class ManifestWriter:
-    """Append-only JSONL writer; each record is written with one ``write`` call and flushed."""
+def identity_labels(inputs: Iterable[str]) -> dict[str, int]:
+    """Label of each top-level folder: its index among the sorted folders of ``inputs``."""
+    folders = sorted({PurePosixPath(rel).parts[0] for rel in inputs if len(PurePosixPath(rel).parts) > 1})
+    return {name: i for i, name in enumerate(folders)}
 
-    def __init__(self, path: str | os.PathLike, *, durable: bool = False) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.durable = durable
-        self._drop_partial_tail()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def _drop_partial_tail(self) -> None:
-        """Cut an unterminated last line (a writer killed mid-line) so appends start clean."""
-        if not self.path.exists():
-            return
-        with open(self.path, "rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            pos = size
-            step = 1 << 16
-            while pos > 0:  # find the last newline, scanning backwards
-                start = max(0, pos - step)
-                f.seek(start)
-                chunk = f.read(pos - start)
-                cut = chunk.rfind(b"\n")
-                if cut >= 0:
-                    f.truncate(start + cut + 1)
-                    return
-                pos = start
-            f.truncate(0)
+class RecordSink:
+    """Driver side of a writer: appends each record as soon as it arrives (its outputs are files
+    the write task has already put in place)."""
 
-    def append(self, record: Mapping[str, Any] | str) -> None:
-        self.append_many([record])
+    def __init__(self, manifest: ManifestWriter) -> None:
+        self.manifest = manifest
 
-    def append_many(self, records: Iterable[Mapping[str, Any] | str]) -> None:
-        lines = []
-        for record in records:
-            line = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False)
-            if "\n" in line:
-                raise ValueError("a manifest record must be a single line")
-            lines.append(line + "\n")
-        if not lines:
-            return
-        data = "".join(lines).encode("utf-8")
-        view = memoryview(data)
-        while view:  # a regular-file write is complete unless interrupted; loop to be safe
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self.durable:
-            os.fsync(self._fd)
+    def add(self, records: Sequence[str], payloads: Sequence[Sequence[bytes]]) -> None:
+        self.manifest.append_many(records)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        pass
 
-    def __enter__(self) -> ManifestWriter:
+    def __enter__(self) -> "RecordSink":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, record) of complete, parseable lines; a torn last line or garbage is skipped."""
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        offset = 0
-        for raw in f:
-            start, offset = offset, offset + len(raw)
-            if not raw.endswith(b"\n"):
-                break  # torn tail of a killed writer
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("src"), str):
-                yield start, record
+@dataclass(frozen=True, kw_only=True)
+class CropWriter:
+    """Base class: see the module docstring. Instances are frozen and travel to the write tasks."""
+
+    dst: str
+    layout: OutputLayout
+    quality: int = 95
+    durable: bool = False
+
+    name: ClassVar[str] = ""
+
+    def prepare(self, *, overwrite: bool) -> None:
+        """Driver, before any record (under the job's lock)."""
+
+    def write(self, stem: str, crops: np.ndarray) -> tuple[list[str], list[bytes]]:
+        """Write task: -> (outputs recorded now, payloads the driver's sink still has to place)."""
+        raise NotImplementedError
+
+    def sink(self, manifest: ManifestWriter, *, inputs: Sequence[str]) -> RecordSink:
+        return RecordSink(manifest)
+
+    def finalize(self) -> dict[str, Any] | None:
+        """After the run and the manifest's compaction; returns a summary for ``summary.json``."""
+        return None
 
 
-def iter_manifest(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Complete records in file order (later records for the same ``src`` supersede earlier)."""
-    for _offset, record in _iter_lines(Path(path)):
-        yield record
+@dataclass(frozen=True, kw_only=True)
+class FolderCropWriter(CropWriter):
+    """One image file per crop, mirroring ``src``'s relative paths (:class:`OutputLayout`)."""
+
+    name: ClassVar[str] = "folder"
+
+    def write(self, stem: str, crops: np.ndarray) -> tuple[list[str], list[bytes]]:
+        outputs = self.layout.outputs(stem, len(crops)) if len(crops) else []
+        for rel, crop in zip(outputs, crops):
+            atomic_write_bytes(os.path.join(self.dst, rel), encode_crop(crop, self.layout.ext, self.quality),
+                               durable=self.durable)
+        return outputs, []
 
 
-def load_manifest(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The last record of each input (keyed by ``src``). Holds every record: for big manifests
-    prefer :func:`iter_manifest`."""
-    return {record["src"]: record for record in iter_manifest(path)}
+@dataclass(frozen=True, kw_only=True)
+class RecordIOCropWriter(FolderCropWriter):
+    """The crop files, then ``train.rec``/``train.idx``/``property`` packed from the manifest
+    (:func:`pipeline.recordio.write_recordio_from_manifest`)."""
+
+    name: ClassVar[str] = "recordio"
+    crop_shape: tuple[int, int] = (112, 112)
+
+    def finalize(self) -> dict[str, Any] | None:
+        from pipeline.recordio import write_recordio_from_manifest
+
+        return write_recordio_from_manifest(Path(self.dst), image_size=self.crop_shape, quality=self.quality)
 
 
-def compact_manifest(path: str | os.PathLike, *, keep: Iterable[str] | None = None) -> int:
-    """Rewrite the manifest with one record per input (the latest), sorted by ``src``.
+_SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 
-    ``keep`` restricts the result to those inputs (e.g. the files that still exist). Memory is one
-    offset per input, not the records. Atomic: a kill during compaction leaves the previous file.
-    Returns the number of records written.
+
+@dataclass(frozen=True, kw_only=True)
+class WebDatasetCropWriter(CropWriter):
+    """Tar shards ``dst/shards/shard-NNNNNN.tar`` readable by ``webdataset.WebDataset``: per crop
+    ``KEY.jpg`` (or ``.png``) and ``KEY.json`` (``label``: index of the top-level folder among the
+    listed ones, ``identity``, ``src``, ``face``: box, score, landmarks, ``face_index``).
+
+    The driver fills a shard under a temporary name and renames it into place at about
+    ``shard_bytes``; the records of its samples reach the manifest only then. A killed run loses
+    only the unfinished shard (deleted on the next start) and redoes its inputs. A record's output
+    is ``shards/shard-NNNNNN.tar#KEY``.
     """
-    path = Path(path)
-    last: dict[str, int] = {}
-    for offset, record in _iter_lines(path):
-        last[record["src"]] = offset
-    if keep is not None:
-        wanted = set(keep)
-        last = {src: off for src, off in last.items() if src in wanted}
-    tmp = _temp_path(path)
+
+    name: ClassVar[str] = "webdataset"
+    shard_bytes: int = 1 << 30
+    folder: ClassVar[str] = "shards"
+
+    def prepare(self, *, overwrite: bool) -> None:
+        if overwrite:  # every record is redone: old samples would be duplicates
+            for path in (Path(self.dst) / self.folder).glob("shard-*.tar"):
+                path.unlink()
+
+    def write(self, stem: str, crops: np.ndarray) -> tuple[list[str], list[bytes]]:
+        return [], [encode_crop(crop, self.layout.ext, self.quality) for crop in crops]
+
+    def sink(self, manifest: ManifestWriter, *, inputs: Sequence[str]) -> RecordSink:
+        return _ShardSink(self, manifest, identity_labels(inputs))
+
+    def finalize(self) -> dict[str, Any] | None:
+        shards = sorted((Path(self.dst) / self.folder).glob("shard-*.tar"))
+        samples = sum(len(r.get("outputs") or ()) for r in iter_manifest(Path(self.dst) / "manifest.jsonl"))
+        return {"shards": len(shards), "samples": samples, "folder": str(Path(self.dst) / self.folder)}
+
+
+class _ShardSink(RecordSink):
+    def __init__(self, writer: WebDatasetCropWriter, manifest: ManifestWriter, labels: Mapping[str, int]) -> None:
+        super().__init__(manifest)
+        self.writer = writer
+        self.labels = labels
+        self.folder = Path(writer.dst) / writer.folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        used = [int(m.group(1)) for p in self.folder.iterdir() if (m := _SHARD_RE.match(p.name))]
+        self.next_shard = max(used, default=-1) + 1
+        self._tar: Any = None
+        self._tmp: Path | None = None
+        self._pending: list[str] = []
+        self._samples = 0
+
+    def _open(self) -> None:
+        import webdataset as wds
+
+        self._name = f"shard-{self.next_shard:06d}.tar"
+        self._tmp = temp_path(self.folder / self._name)
+        self._stream = open(self._tmp, "wb")
+        self._tar = wds.TarWriter(self._stream)
+        self._samples = 0
+
+    def _close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()  # also closes the stream
+        final = self.folder / self._name
+        if self.writer.durable:
+            with open(self._tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(self._tmp, final)
+        self.manifest.append_many(self._pending)
+        self._pending, self._tar, self._tmp = [], None, None
+        self.next_shard += 1
+
+    def add(self, records: Sequence[str], payloads: Sequence[Sequence[bytes]]) -> None:
+        ext = self.writer.layout.ext
+        direct = []
+        for line, crops in zip(records, payloads):
+            if not len(crops):
+                direct.append(line)  # no sample: nothing to wait for
+                continue
+            if self._tar is None:
+                self._open()
+            record = json.loads(line)
+            parts = PurePosixPath(record["src"]).parts
+            identity = parts[0] if len(parts) > 1 else None
+            outputs = []
+            for j, data in enumerate(crops):
+                key = f"{self.next_shard:06d}-{self._samples:06d}"
+                self._samples += 1
+                face_index = record["selected"][j] if j < len(record["selected"]) else None
+                meta = {"label": self.labels.get(identity, -1) if identity else -1, "identity": identity,
+                        "src": record["src"], "face_index": face_index,
+                        "face": record["faces"][face_index] if face_index is not None else None}
+                self._tar.write({"__key__": key, ext: bytes(data), "json": json.dumps(meta).encode("utf-8")})
+                outputs.append(f"{self.writer.folder}/{self._name}#{key}")
+            record["outputs"] = outputs
+            self._pending.append(json.dumps(record, ensure_ascii=False))
+        self.manifest.append_many(direct)
+        if self._tar is not None and self._stream.tell() >= self.writer.shard_bytes:
+            self._close_shard()
+
+    def close(self) -> None:
+        self._close_shard()
+
+
+FORMATS: dict[str, type[CropWriter]] = {w.name: w for w in (FolderCropWriter, RecordIOCropWriter, WebDatasetCropWriter)}
+
+
+def make_writer(format: str, *, dst: str | os.PathLike, layout: OutputLayout, quality: int, durable: bool,
+                crop_shape: tuple[int, int], **options: Any) -> CropWriter:
+    """The writer for ``format`` (a key of :data:`FORMATS`)."""
     try:
-        with open(path, "rb") as src_file, open(tmp, "wb") as out:
-            for src in sorted(last):
-                src_file.seek(last[src])
-                out.write(src_file.readline())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return len(last)
+        cls = FORMATS[format]
+    except KeyError:
+        raise ValueError(f"unknown output format {format!r}; choose from {', '.join(FORMATS)}") from None
+    extra = {"crop_shape": tuple(crop_shape)} if cls is RecordIOCropWriter else {}
+    return cls(dst=str(dst), layout=layout, quality=int(quality), durable=durable, **extra, **options)

@@ -20,21 +20,18 @@ def ray_session():
     """One local Ray instance for the whole test session."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    yield ray
-    ray.shutdown()
+    from common.ray_init import ray_session as start
+
+    with start(num_cpus=4):
+        yield ray
 
 
 @pytest.fixture(scope="session")
 def detector_factory(mobilenet_weights):
     """Zero-argument factory of the reference CPU detector (what Ray actors and workers call)."""
-    import functools
+    from detector.spec import DetectorSpec
 
-    from detector import Detector
-
-    return functools.partial(Detector.from_weights, mobilenet_weights, device="cpu")
+    return DetectorSpec(weights=str(mobilenet_weights), runtime="torch").build
 
 
 @pytest.fixture(scope="session")

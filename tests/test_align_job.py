@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from detector.spec import DetectorSpec
 from pipeline.config import AlignConfig
 from pipeline.job import (
     EXIT_FILES_FAILED,
@@ -34,7 +35,7 @@ from pipeline.job import (
     run_align_job,
 )
 from pipeline.recordio import ArcFaceRecordDataset
-from pipeline.writers import TEMP_MARKER, ManifestWriter, OutputLayout, compact_manifest, load_manifest
+from pipeline.writers import TEMP_MARKER, FolderCropWriter, ManifestWriter, OutputLayout, compact_manifest, load_manifest
 from tests.shared import asset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +60,8 @@ def _manifest_lines(dst: Path) -> list[dict]:
 def _config(src: Path, dst: Path, weights: Path, **kw) -> AlignJobConfig:
     kw.setdefault("num_workers", 2)
     kw.setdefault("batch_size", 4)
-    return AlignJobConfig(src=src, dst=dst, weights=str(weights), progress=False, **kw)
+    kw.setdefault("detector", DetectorSpec(weights=str(weights), runtime="torch"))
+    return AlignJobConfig(src=src, dst=dst, progress=False, **kw)
 
 
 # ------------------------------------------------------------------------------------ no Ray
@@ -77,7 +79,7 @@ def test_plan_never_gives_every_cpu_to_the_actors():
     gpu = plan_workers({"CPU": 16, "GPU": 2})
     assert (gpu.device, gpu.num_actors, gpu.gpus_per_actor, gpu.batch_size) == ("cuda", 2, 1.0, 32)
     assert plan_workers({"CPU": 16, "GPU": 2}, device="cpu").device == "cpu"
-    assert plan_workers({"CPU": 2}, batch_size=5, torch_threads=2).torch_threads == 2
+    assert plan_workers({"CPU": 2}, batch_size=5, threads=2).threads == 2
     with pytest.raises(JobConfigError):
         plan_workers({"CPU": 4}, device="cuda")
     plan = plan_workers({"CPU": 4})
@@ -180,11 +182,11 @@ def test_summary_shows_the_steady_rate_only_when_it_covers_most_of_the_run():
     base = dict(src="raw", dst="aligned", inputs=8, already_done=0, counts={"ok": 8}, run_counts={"ok": 8},
                 crops_written=8, elapsed_s=20.0, process_s=14.0, photos_per_s=0.57, faces_per_s=0.57, plan="p",
                 warmup_s=13.0, steady_photos_per_s=180.0)
-    tiny = JobSummary(processed=8, warmup_photos=4, **base).format()
+    tiny = JobSummary(processed=8, warmup_photos=4, **base).text()
     assert "0.57 photos/s" in tiny and "warm-up" not in tiny
-    long = JobSummary(processed=2000, warmup_photos=8, **base).format()
+    long = JobSummary(processed=2000, warmup_photos=8, **base).text()
     assert "180.00 photos/s after a 13.0 s warm-up" in long
-    done = JobSummary(processed=0, **{**base, "already_done": 8}).format()
+    done = JobSummary(processed=0, **{**base, "already_done": 8}).text()
     assert "nothing to process" in done and "photos/s" not in done
 
 
@@ -274,13 +276,13 @@ def test_dry_run_writes_nothing_and_mismatched_settings_are_refused(tmp_path, mo
     assert (summary.inputs, summary.processed, summary.dry_run) == (1, 0, True)
     assert not dst.exists()
     dst.mkdir()
-    previous = _config(src, dst, mobilenet_weights).fingerprint(Path(mobilenet_weights))
+    previous = _config(src, dst, mobilenet_weights).fingerprint()
     (dst / "job.json").write_text(json.dumps({"settings": {**previous, "image_size": 224}}))
     with pytest.raises(JobConfigError, match="image_size: 224 -> 112"):
         run_align_job(_config(src, dst, mobilenet_weights))
-    from pipeline.job import LOCK_NAME, _exclusive
+    from pipeline.job import LOCK_NAME, exclusive
 
-    with _exclusive(dst / LOCK_NAME):  # a second job on the same dst is refused
+    with exclusive(dst / LOCK_NAME):  # a second job on the same dst is refused
         with pytest.raises(JobConfigError, match="another align job"):
             run_align_job(_config(src, dst, mobilenet_weights, overwrite=True))
 
@@ -293,7 +295,7 @@ def test_predictor_gives_the_same_result_from_file_bytes_and_from_decoded_pixels
     names = ["img1.jpg", "img47.jpg", "master.csv"]  # img47.jpg is a WebP; the csv is not an image
     batch = {"src": np.array([n.encode() for n in names], dtype=object),
              "stem": np.array([f"out/{Path(n).stem}".encode() for n in names], dtype=object)}
-    predictor = FaceCropPredictor(weights=str(mobilenet_weights), align=AlignConfig(on_error="record"))
+    predictor = FaceCropPredictor(detector=DetectorSpec(weights=str(mobilenet_weights), runtime="torch", threads=1), align=AlignConfig(on_error="record"))
     outputs = []
     for decode in (False, True):
         table = read_images(batch, src_root=str(asset(DEEPFACE)), decode=decode, max_pixels=None,
@@ -304,7 +306,7 @@ def test_predictor_gives_the_same_result_from_file_bytes_and_from_decoded_pixels
     by_bytes, by_pixels = outputs
     assert by_bytes.equals(by_pixels)
     # GPU actors detect a whole batch per call (padded to the largest photo): same faces, crops +-1
-    batched = FaceCropPredictor(weights=str(mobilenet_weights), align=AlignConfig(on_error="record"),
+    batched = FaceCropPredictor(detector=DetectorSpec(weights=str(mobilenet_weights), runtime="torch", threads=1), align=AlignConfig(on_error="record"),
                                 detect_batch_size=3)(as_numpy)
     assert batched.column("status").equals(by_bytes.column("status"))
     for row in (0, 1):
@@ -313,8 +315,9 @@ def test_predictor_gives_the_same_result_from_file_bytes_and_from_decoded_pixels
     assert by_bytes.column("status").to_pylist() == ["ok", "ok", "error"]
     assert "not a supported image" in by_bytes.column("error").to_pylist()[2]
     result = write_crops({c: by_bytes.column(c).to_numpy(zero_copy_only=False) for c in by_bytes.column_names},
-                         dst_root=str(tmp_path), layout=OutputLayout(ext="png"), crop_shape=(112, 112), quality=95)
-    records = [json.loads(r) for r in result["record"]]
+                         writer=FolderCropWriter(dst=str(tmp_path), layout=OutputLayout(ext="png"), quality=95),
+                         crop_shape=(112, 112))
+    records = [json.loads(r) for r in result.column("record").to_pylist()]
     assert [r["outputs"] for r in records] == [["out/img1.png"], ["out/img47.png"], []]
     crop = np.frombuffer(by_bytes.column("crops")[0].as_py(), np.uint8).reshape(112, 112, 3)
     assert np.array_equal(_imread(tmp_path / "out/img1.png"), crop)  # PNG: lossless
@@ -326,7 +329,6 @@ def test_predictor_gives_the_same_result_from_file_bytes_and_from_decoded_pixels
 @pytest.mark.slow
 def test_deepface_crops_equal_the_aligner_stage_photo_by_photo(tmp_path, ray_session, mobilenet_weights):
     """Acceptance 1: every photo gives one ok crop equal (+-1) to the aligner stage alone."""
-    from detector.inference import Detector
     from pipeline.images import read_image
     from pipeline.stage import FaceAligner
 
@@ -334,14 +336,15 @@ def test_deepface_crops_equal_the_aligner_stage_photo_by_photo(tmp_path, ray_ses
     photos = list_inputs(src)
     assert len(photos) == 62  # 62 photos + master.csv
     dst = tmp_path / "aligned"
-    summary = run_align_job(_config(src, dst, mobilenet_weights, ext="png", batch_size=8))
+    summary = run_align_job(_config(src, dst, mobilenet_weights, ext="png", batch_size=8, exact=True))
     assert summary.exit_code == EXIT_OK
     assert summary.counts == {"ok": 62, "no_face": 0, "error": 0}
     records = {r["src"]: r for r in _manifest_lines(dst)}
     assert sorted(records) == photos
     assert _output_files(dst) == {Path(p).with_suffix(".png").as_posix() for p in photos}
 
-    aligner = FaceAligner(detector=Detector.from_weights(mobilenet_weights), config=AlignConfig())
+    aligner = FaceAligner(detector=DetectorSpec(weights=str(mobilenet_weights), runtime="torch").build(),
+                          config=AlignConfig())
     worst = 0
     for rel in photos:
         rec = records[rel]
@@ -479,8 +482,8 @@ def test_sigkill_then_rerun_gives_exactly_one_valid_output_per_input(tmp_path, r
     rels = _kill_tree(src, 48)
     address = ray_session.get_runtime_context().gcs_address  # join the session's Ray: no second cluster
     cmd = [sys.executable, str(REPO / "jobs" / "align_dataset.py"), "--src", str(src), "--dst", str(dst),
-           "--weights", str(mobilenet_weights), "--num-workers", "1", "--batch-size", "2", "--no-progress",
-           "--address", address]
+           "--weights", str(mobilenet_weights), "--runtime", "torch", "--num-workers", "1", "--batch-size", "2",
+           "--no-progress", "--address", address]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     manifest = dst / "manifest.jsonl"
     deadline = time.monotonic() + 150
@@ -523,3 +526,94 @@ def test_sigkill_then_rerun_gives_exactly_one_valid_output_per_input(tmp_path, r
     assert (fixed.already_done, fixed.processed) == (len(rels) - 1, 1)
     assert [r["src"] for r in _manifest_lines(dst)] == rels and (dst / lines[5]["outputs"][0]).is_file()
 
+
+
+@pytest.mark.slow
+def test_webdataset_shards_read_back_and_a_killed_run_resumes_without_duplicates(tmp_path, ray_session,
+                                                                                   mobilenet_weights, detector):
+    """``--format webdataset``: kill mid-run, rerun; the shards then hold exactly one sample per
+    ok input, readable by ``webdataset.WebDataset``, with the aligner's crop and the folder label."""
+    import webdataset as wds
+
+    from pipeline.images import read_image
+    from pipeline.stage import FaceAligner
+
+    src, dst = tmp_path / "raw", tmp_path / "shards_out"
+    rels = _kill_tree(src, 40)
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, str(REPO / "jobs" / "align_dataset.py"), "--src", str(src), "--dst", str(dst),
+           "--format", "webdataset", "--shard-bytes", "30000", "--weights", str(mobilenet_weights),
+           "--runtime", "torch", "--num-workers", "1", "--batch-size", "2", "--no-progress", "--address", address]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = dst / "manifest.jsonl"
+    deadline = time.monotonic() + 150
+    try:  # wait for a closed shard (its records reach the manifest), then kill
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 4:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    before = manifest.read_bytes().count(b"\n")
+    assert 4 <= before < len(rels)
+
+    summary = run_align_job(_config(src, dst, mobilenet_weights, format="webdataset", shard_bytes=30000))
+    assert summary.exit_code == EXIT_OK and summary.already_done == before
+    assert not [p for p in dst.rglob("*") if TEMP_MARKER in p.name]
+    records = _manifest_lines(dst)
+    assert [r["src"] for r in records] == rels and all(r["status"] == "ok" for r in records)
+    shards = sorted(str(p) for p in (dst / "shards").glob("shard-*.tar"))
+    assert len(shards) >= 2
+    samples = list(wds.WebDataset(shards, shardshuffle=False).decode("rgb8"))
+    assert len(samples) == len(rels)  # none lost, none twice
+    by_src = {s["json"]["src"]: s for s in samples}
+    assert sorted(by_src) == rels
+    outputs = {o for r in records for o in r["outputs"]}
+    assert {f"shards/{Path(s['__url__']).name}#{s['__key__']}" for s in samples} == outputs
+    aligner = FaceAligner(detector=detector, config=AlignConfig())
+    for rel in rels[::7]:
+        sample = by_src[rel]
+        assert sample["json"]["label"] == int(rel[2]) and sample["json"]["identity"] == rel.split("/")[0]
+        (face,) = aligner.align([read_image(src / rel)])[0]
+        got = sample["jpg"][:, :, ::-1].astype(int)  # decoded RGB -> BGR
+        assert got.shape == (112, 112, 3) and np.abs(got - face.crop.astype(int)).mean() < 2.0  # JPEG q95
+        np.testing.assert_allclose(sample["json"]["face"]["landmarks"], face.landmarks, atol=0.02)
+
+
+def test_jpeg_drafts_give_the_exact_faces_in_full_photo_pixels(tmp_path, mobilenet_weights):
+    """The default fast decode (``exact=False``): a JPEG the detector shrinks 2x or more is decoded
+    as a draft; detections come back in full-photo pixels, near the exact path's; faces smaller
+    than the crop in the draft (the group photo's) are re-cropped from the full photo."""
+    from pipeline.images import draft_factor
+    from pipeline.job import FaceCropPredictor, read_images
+
+    assert draft_factor(1868, 1382, 640 / 1868) == 2 and draft_factor(1868, 1382, 1024 / 1868) == 1
+    assert draft_factor(4000, 3000, 0.1) == 8 and draft_factor(100, 80, 0.1) == 4  # drafts >= 16 px a side
+    names = ["img1.jpg", "img33.jpg", "img12.jpg", "t1.jpg"]  # 1868x1382, 1200x1600?, 560x415, 1280x886
+    for name in names[:3]:
+        shutil.copy(asset(f"{DEEPFACE}/{name}"), tmp_path / name)
+    shutil.copy(asset("images/group_insightface_t1.jpg"), tmp_path / "t1.jpg")
+    batch = {"src": np.array([n.encode() for n in names], dtype=object),
+             "stem": np.array([n.encode() for n in names], dtype=object)}
+    table = read_images(batch, src_root=str(tmp_path), decode=False, max_pixels=None, exif_orientation=True)
+    rows = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+    spec = DetectorSpec(weights=str(mobilenet_weights), runtime="torch", threads=1)
+    align = AlignConfig(on_error="record", resize="long:640")
+    exact, fast = (FaceCropPredictor(detector=spec, align=align, draft=d)(rows) for d in (False, True))
+    assert fast.column("status").to_pylist() == exact.column("status").to_pylist() == ["ok"] * 4
+    assert fast.column("height").equals(exact.column("height"))  # full-photo sizes
+    for row, name in enumerate(names):
+        e, f = (json.loads(t.column("faces")[row].as_py()) for t in (exact, fast))
+        assert len(e) == len(f)
+        pick = json.loads(exact.column("selected")[row].as_py())[0]
+        assert json.loads(fast.column("selected")[row].as_py())[0] == pick
+        width = e[pick]["box"][2] - e[pick]["box"][0]
+        assert np.abs(np.subtract(f[pick]["box"], e[pick]["box"])).max() < 0.03 * width, name
+        assert np.abs(np.subtract(f[pick]["landmarks"], e[pick]["landmarks"])).max() < 0.02 * width, name
+        one, other = (np.frombuffer(t.column("crops")[row].as_py(), np.uint8).astype(float) for t in (exact, fast))
+        print(name, "mean |crop diff|", round(float(np.abs(one - other).mean()), 2))
+        assert np.abs(one - other).mean() < (4.0 if name == "t1.jpg" else 8.0), name  # t1: re-cropped, full photo

@@ -209,7 +209,7 @@ def test_resolution_order(tmp_path, monkeypatch):
 def test_cli_detect_writes_sorted_json_and_drawing(tmp_path):
     img = asset("images/group_insightface_t1.jpg")
     rc = cli_main(["detect", str(img), "--weights", str(asset(MOBILENET_WEIGHTS)), "--out", str(tmp_path),
-                   "--long-side", "640", "--draw"])
+                   "--detect-resize", "long:640", "--runtime", "torch", "--draw"])
     assert rc == 0
     rec = json.loads((tmp_path / "group_insightface_t1.json").read_text())
     assert (rec["width"], rec["height"]) == (1280, 886)
@@ -228,5 +228,5 @@ def test_cli_bad_weights_is_a_clean_error(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     bad.write_text("nope")
     rc = cli_main(["detect", str(asset("images/group_insightface_t1.jpg")), "--weights", str(bad),
-                   "--out", str(tmp_path)])
+                   "--runtime", "torch", "--out", str(tmp_path)])
     assert rc == 2 and "not a readable torch checkpoint" in capsys.readouterr().err

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from pipeline.align import CropSpec, transform_points
-from pipeline.images import ImageReadError, apply_exif_orientation, decode_image, read_image
+from pipeline.images import apply_exif_orientation, decode_image, read_image
 from pipeline.select import select_faces, selection_key
-from pipeline.stage import OUTPUT_COLUMNS, AlignConfig, AlignedFace, FaceAligner
+from pipeline.stage import AlignConfig, AlignedFace, FaceAligner
 from tests.shared import asset, golden
 
 DEEPFACE = "verification/deepface"
@@ -120,9 +120,8 @@ def test_exif_rotated_copies_give_the_upright_crop(aligner):
     assert max(diffs.values()) <= 2.0
     assert all(d == 0.0 for (fmt, _), d in diffs.items() if fmt == "PNG")  # lossless: identical
     # without applying EXIF the face is sideways: its crop differs grossly
-    sideways = FaceAligner(detector=aligner.detector, config=AlignConfig(exif_orientation=False))
-    out = sideways({"bytes": np.array([copies["JPEG", 6]], dtype=object)})
-    assert out["num_faces"][0] == 0 or np.abs(out["crops"][0][0] - ref).mean() > 10
+    (found,) = aligner.align([stored])
+    assert not found or np.abs(found[0].crop - ref).mean() > 10
 
 
 # ------------------------------------------------------------------ acceptance 2
@@ -196,54 +195,25 @@ def test_select_faces_rules_without_a_detector():
         select_faces(boxes, scores, image_shape=shape, max_faces=0)
 
 
-# ------------------------------------------------------------------ dict batches (the Ray contract)
-def test_dict_batch_contract_with_image_column(aligner, detector):
+# ------------------------------------------------------------------ input forms
+def test_gray_and_rgb_inputs_align_like_bgr(aligner, detector):
     img = read_image(asset(f"{DEEPFACE}/img12.jpg"))  # 560x415
     gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     blank = np.full((40, 50, 3), 127, np.uint8)
-    images = np.empty(3, dtype=object)
-    images[:] = [img, gray, blank]
-    out = aligner({"image": images, "id": np.array([7, 8, 9])})
-    assert set(out) == set(OUTPUT_COLUMNS) | {"id"}
-    assert out["id"].tolist() == [7, 8, 9]
-    assert out["num_faces"].tolist() == [1, 1, 0] and out["error"].tolist() == ["", "", ""]
-    assert out["image_height"].tolist() == [img.shape[0], img.shape[0], 40]
-    for k, shape, dtype in [("crops", (112, 112, 3), np.uint8), ("boxes", (4,), np.float32),
-                            ("scores", (), np.float32), ("landmarks", (5, 2), np.float32),
-                            ("matrices", (2, 3), np.float64), ("face_index", (), np.int64)]:
-        assert out[k].shape == (3,) and out[k].dtype == object
-        for i, n in enumerate(out["num_faces"]):
-            assert out[k][i].shape == (n, *shape) and out[k][i].dtype == dtype, k
-    ref = aligner.align([img, gray, blank])  # same batch: identical results
-    np.testing.assert_array_equal(out["crops"][0][0], ref[0][0].crop)
-    np.testing.assert_array_equal(out["matrices"][1][0], ref[1][0].matrix)
+    faces = aligner.align([img, gray, blank])
+    assert [len(f) for f in faces] == [1, 1, 0]
     # gray input: detected and aligned as 3 equal channels
-    assert np.ptp(out["crops"][1][0].astype(int), axis=2).max() == 0
-
+    assert np.ptp(faces[1][0].crop.astype(int), axis=2).max() == 0
+    both = aligner.detect_and_align([img, gray, blank])
+    np.testing.assert_array_equal(both[0][1][0].crop, faces[0][0].crop)
+    assert len(both[0][0]) >= 1 and both[0][1][0].face_index < len(both[0][0])
     rgb = FaceAligner(detector=detector, config=AlignConfig(color="rgb"))
-    faces = rgb.align([np.ascontiguousarray(img[:, :, ::-1]), gray, blank])  # same detector input
-    np.testing.assert_array_equal(faces[0][0].crop, ref[0][0].crop[:, :, ::-1])
-
-
-def test_dict_batch_with_bytes_records_or_raises_errors(detector, tmp_path):
-    good = asset(f"{DEEPFACE}/img47.jpg").read_bytes()  # WebP named .jpg
-    raws = np.empty(3, dtype=object)
-    raws[:] = [good, b"", good[: len(good) // 2]]
-    paths = np.array(["img47.jpg", "empty.jpg", "cut.jpg"], dtype=object)
-    record = FaceAligner(detector=detector, config=AlignConfig(on_error="record", crop="arcface_112x96"))
-    out = record({"bytes": raws, "path": paths})
-    assert out["path"].tolist() == paths.tolist() and "bytes" not in out
-    assert out["num_faces"].tolist() == [1, 0, 0]
-    assert out["crops"][0].shape == (1, 112, 96, 3) and out["crops"][1].shape == (0, 112, 96, 3)
-    assert out["error"][0] == ""
-    assert out["error"][1].startswith("empty.jpg: empty file")
-    assert out["error"][2].startswith("cut.jpg: ")
-    assert out["image_width"].tolist()[1:] == [0, 0]
-    strict = FaceAligner(detector=detector, config=AlignConfig())
-    with pytest.raises(ImageReadError, match="empty.jpg"):
-        strict({"bytes": raws, "path": paths})
-    with pytest.raises(ValueError, match="'image' or 'bytes'"):
-        strict({"path": paths})
+    rgb_faces = rgb.align([np.ascontiguousarray(img[:, :, ::-1]), gray, blank])  # same detector input
+    np.testing.assert_array_equal(rgb_faces[0][0].crop, faces[0][0].crop[:, :, ::-1])
+    with pytest.raises(ValueError, match="image 1: expected uint8"):
+        aligner.align([img, img.astype(np.float32)])
+    with pytest.raises(TypeError, match="FaceDetector"):
+        FaceAligner(detector=lambda: object(), config=AlignConfig())
 
 
 def test_config_validation():
@@ -261,32 +231,7 @@ def test_config_validation():
         cfg.image_size = 224  # frozen
 
 
-# ------------------------------------------------------------------ Ray Data and torch
-def test_ray_data_map_batches(ray_session, detector_factory, aligner, tmp_path):
-    import ray.data
-
-    files = [asset(f"{DEEPFACE}/{name}") for name in ("img12.jpg", "img25.jpg", "img47.jpg")]  # 47: WebP
-    junk = tmp_path / "junk.jpg"
-    junk.write_text("not an image")
-    ds = ray.data.read_binary_files([str(p) for p in files] + [str(junk)], include_paths=True)
-    out = ds.map_batches(
-        FaceAligner,
-        fn_constructor_kwargs={"detector": detector_factory, "config": AlignConfig(on_error="record")},
-        batch_size=4, compute=ray.data.ActorPoolStrategy(size=1), batch_format="numpy",
-    )
-    rows = {str(r["path"]).rsplit("/", 1)[-1]: r for r in out.take_all()}
-    assert set(rows) == {p.name for p in files} | {"junk.jpg"}
-    assert rows["junk.jpg"]["num_faces"] == 0 and "not a supported image" in rows["junk.jpg"]["error"]
-    for p in files:
-        row = rows[p.name]
-        assert row["num_faces"] == 1 and row["error"] == ""
-        assert np.asarray(row["crops"]).shape == (1, 112, 112, 3)
-        (local,) = aligner.align([read_image(p)])[0]
-        # batch composition changes the padding the detector sees: near-identical, not bit-equal
-        assert np.abs(np.asarray(row["landmarks"])[0] - local.landmarks).max() < 1.0
-        assert np.abs(np.asarray(row["crops"])[0].astype(float) - local.crop).mean() < 2.0
-
-
+# ------------------------------------------------------------------ torch
 def test_inside_a_torch_dataset(aligner):
     import torch
     from torch.utils.data import DataLoader, Dataset

@@ -16,7 +16,7 @@ from detector.inference import Detector
 from detector.weights import load_model, read_checkpoint
 from detector.training.augment import AugmentConfig, CropConfig
 from detector.training.dataset import WiderFaceTrainDataset
-from detector.training.trainer import (
+from detector.training import (
     OptimizerConfig,
     ScheduleConfig,
     TrainConfig,

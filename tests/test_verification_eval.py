@@ -11,6 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
+from detector.api import PostprocessConfig
+from detector.spec import DetectorSpec
+
 from pipeline.images import read_image
 from pipeline.verification import (
     IMAGENET_MEAN, IMAGENET_STD, AggregationConfig, CropMaker, DetectorSettings, EvaluationConfig,
@@ -34,8 +37,9 @@ def recognizer():
 @pytest.fixture(scope="module")
 def detector_settings():
     # The golden run's settings: long side capped at 1024, confidence 0.5, NMS 0.4, largest face.
-    return DetectorSettings(weights=asset(MOBILENET_WEIGHTS), resize="cap:1024", conf_threshold=0.5,
-                            nms_threshold=0.4, select="largest")
+    spec = DetectorSpec(weights=str(asset(MOBILENET_WEIGHTS)), runtime="torch", resize="cap:1024",
+                        postprocess=PostprocessConfig(conf_threshold=0.5, nms_threshold=0.4))
+    return DetectorSettings(spec=spec, select="largest")
 
 
 def config(detector_settings, **kw):

@@ -296,7 +296,7 @@ def test_job_end_to_end_on_val_photos_matches_reference_detections(gt, tmp_path,
 
     out = tmp_path / "run"
     main(["--images", str(asset(VAL_IMAGES)), "--weights", str(asset(MOBILENET_WEIGHTS)),
-          "--gt", str(asset(GT_DIR)), "--resize", "original", "--out", str(out),
+          "--gt", str(asset(GT_DIR)), "--detect-resize", "original", "--runtime", "torch", "--out", str(out),
           "--json", str(out / "ap.json"), "--quiet"])
     printed = capsys.readouterr().out
     assert "4 of 3226 validation images evaluated" in printed

@@ -1,9 +1,11 @@
-"""Evaluation: WIDER FACE AP (:mod:`.widerface`) and test-time augmentation (:mod:`.tta`).
+"""Evaluation: WIDER FACE AP (:mod:`.widerface`), the evaluation job (:mod:`.job`: predict, score,
+write the summary) and test-time augmentation (:mod:`.tta`).
 
-Only the numpy-only WIDER FACE evaluator is imported here, so that scoring a prediction folder
-does not import torch; import :mod:`detector.evaluation.tta` explicitly for TTA.
+Only numpy-only modules are imported here, so that scoring a prediction folder does not import
+torch; import :mod:`detector.evaluation.tta` explicitly for TTA.
 """
 
+from detector.evaluation.job import DetectorRunConfig, EvalJobConfig, run_widerface_eval
 from detector.evaluation.widerface import (
     SETTINGS,
     PredictionFormatError,
@@ -27,6 +29,8 @@ from detector.evaluation.widerface import (
 )
 
 __all__ = [
+    "DetectorRunConfig",
+    "EvalJobConfig",
     "SETTINGS",
     "PredictionFormatError",
     "SettingResult",
@@ -42,6 +46,7 @@ __all__ = [
     "predict_submission",
     "read_prediction_file",
     "read_submission",
+    "run_widerface_eval",
     "voc_ap",
     "write_prediction_file",
     "write_detections",

@@ -1,21 +1,18 @@
-"""RetinaFace training: configuration, schedule presets, the loop, checkpoints and resume.
+"""The RetinaFace training loop: :class:`Trainer` runs a :class:`~detector.training.config.TrainConfig`.
 
-* :class:`TrainConfig` (frozen, nested) holds everything that defines a run; presets
-  (:func:`get_train_preset`) give the reference's (biubug6/Pytorch_Retinaface ``train.py``) and the
-  paper's recipes; :meth:`TrainConfig.to_dict` / :meth:`TrainConfig.from_dict` store it in
-  checkpoints.
-* :class:`WarmupMultiStepLR`: linear warm-up, then division by ``1 / gamma`` at milestones. Both
-  are given in epochs and converted to optimiser steps for the run's data.
-* :class:`Trainer`: SGD, AMP on CUDA, optional gradient clipping, DDP when ``torch.distributed`` is
-  initialised, each loss term logged with images/s and the data-vs-compute split of step time,
-  progress bar, optional periodic recall evaluation, and checkpoints in the detector's own format
-  (:func:`detector.weights.save_checkpoint`: model config + weights) plus the training state
-  (optimiser, scheduler, grad scaler, step, epoch, train config, RNG states), so
-  ``python -m detector detect --weights DIR/last.pt`` loads any checkpoint and
-  :meth:`Trainer.resume` continues a run exactly: the data of step ``s`` depends only on
-  ``(seed, s)`` (see :class:`detector.training.dataset.StepSampler`).
+SGD with :class:`~detector.training.schedule.WarmupMultiStepLR`, AMP on CUDA, optional gradient
+clipping, DDP when ``torch.distributed`` is initialised, each loss term logged with images/s and the
+data-vs-compute split of step time, progress bar, optional periodic recall evaluation
+(:func:`~detector.training.recall.evaluate_recall`), and checkpoints in the detector's own format
+(:func:`detector.weights.save_checkpoint`: model config + weights) plus the training state
+(optimiser, scheduler, grad scaler, step, epoch, train config, RNG states of every rank), so
+``python -m detector detect --weights DIR/last.pt`` loads any checkpoint and ``resume_from``
+continues a run exactly: the data of step ``s`` depends only on ``(seed, s)`` (see
+:class:`detector.training.dataset.StepSampler`).
 
-Nothing here picks a device on import; the caller passes one.
+Nothing here picks a device on import; the caller passes one. The run's starting model comes from
+:func:`detector.training.model_init.build_training_model`; :mod:`detector.training.ray_job` runs
+this loop on Ray Train workers.
 """
 
 from __future__ import annotations
@@ -24,31 +21,24 @@ import dataclasses
 import json
 import logging
 import math
-import random
 import time
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from detector.anchors import AnchorGenerator
 from detector.box_coder import BoxCoder
-from detector.boxes import box_iou
-from detector.config import ModelConfig, get_preset
-from detector.inference import Detector, PostprocessConfig
+from detector.config import ModelConfig
 from detector.model import RetinaFace
-from detector.training.augment import AugmentConfig, CropConfig, PhotometricConfig
+from detector.training.config import TrainConfig
 from detector.training.dataset import (
     LabeledImage,
     StepSampler,
@@ -56,479 +46,17 @@ from detector.training.dataset import (
     WiderFaceTrainDataset,
     collate_training_samples,
 )
-from detector.training.loss import LossConfig, LossOutput, RetinaFaceLoss
-from detector.training.matcher import AnchorMatcher, MatcherConfig
-from detector.weights import load_backbone_weights, load_model, read_checkpoint, save_checkpoint
+from detector.training.loss import LossOutput, RetinaFaceLoss
+from detector.training.matcher import AnchorMatcher
+from detector.training.model_init import architecture
+from detector.training.recall import RecallReport, evaluate_recall
+from detector.training.rng import capture_rng_state, restore_rng_state
+from detector.training.schedule import WarmupMultiStepLR
+from detector.weights import read_checkpoint, save_checkpoint
 
-__all__ = [
-    "OptimizerConfig",
-    "ScheduleConfig",
-    "TrainConfig",
-    "TRAIN_PRESETS",
-    "available_train_presets",
-    "get_train_preset",
-    "WarmupMultiStepLR",
-    "StepLog",
-    "RecallReport",
-    "evaluate_recall",
-    "build_training_model",
-    "Trainer",
-    "capture_rng_state",
-    "restore_rng_state",
-]
+__all__ = ["StepLog", "Trainer"]
 
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OptimizerConfig:
-    """SGD settings. ``lr`` is the peak (post-warm-up) learning rate."""
-
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleConfig:
-    """Warm-up then step decay, in epochs (fractions allowed).
-
-    ``lr(t) = lr * (start + (1 - start) * t / warmup)`` for ``t < warmup``, then
-    ``lr * gamma ** (number of milestones <= t)``.
-
-    Attributes:
-        warmup_epochs: length of the linear warm-up (0: none).
-        warmup_start_factor: fraction of ``lr`` the warm-up starts from.
-        milestones: epochs at which the learning rate is multiplied by ``gamma``.
-        gamma: decay factor.
-    """
-
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.1
-    milestones: tuple[float, ...] = ()
-    gamma: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.warmup_epochs < 0:
-            raise ValueError("warmup_epochs must be non-negative")
-        if not 0.0 <= self.warmup_start_factor <= 1.0:
-            raise ValueError("warmup_start_factor must lie in [0, 1]")
-        if list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"milestones must be increasing, got {self.milestones}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TrainConfig:
-    """One training run.
-
-    Attributes:
-        model: model preset (:func:`detector.config.get_preset`) built when training starts from an
-            ImageNet backbone; a run initialised from a detector checkpoint must match it.
-        batch_size: images per step and per rank (DDP: the global batch is ``world * batch_size``).
-        epochs: run length in epochs, unless ``max_steps`` is set.
-        max_steps: run length in optimiser steps (overrides ``epochs``).
-        seed: the one seed of the run (data order, augmentation, head initialisation).
-        amp: mixed precision on CUDA (ignored on CPU); ``amp_dtype`` float16 uses a grad scaler.
-        grad_clip_norm: clip the global gradient norm to this value (``None``: no clipping).
-        freeze_batchnorm: keep BatchNorm layers in eval mode (running statistics frozen, affine
-            parameters still trained): for fine-tuning with small batches, whose statistics would
-            otherwise replace the pretrained ones within a few dozen steps.
-        loader_workers: DataLoader worker processes per rank (0: load in the training process).
-        loader_start_method: how workers start. ``"forkserver"`` (default) and ``"spawn"`` start
-            them from a clean process; ``"fork"`` is fastest to start but copies the trainer's
-            thread pools (OpenCV's deadlocks in a forked child that reconfigures it, and Ray/gloo
-            threads make fork unsafe in general).
-        cache_images: keep decoded images in memory (small sets).
-        checkpoint_every: also write ``step_XXXXXXX.pt`` every this many steps (0: only ``last.pt``,
-            written at those steps and at the end).
-        eval_every: evaluate recall every this many steps when evaluation images are given (0: never).
-        log_every: aggregate and log the loss terms every this many steps.
-    """
-
-    model: str = "mobilenet0.25"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    matcher: MatcherConfig = field(default_factory=MatcherConfig.reference)
-    loss: LossConfig = field(default_factory=LossConfig.reference)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    batch_size: int = 32
-    epochs: int = 250
-    max_steps: int | None = None
-    seed: int = 0
-    amp: bool = True
-    amp_dtype: Literal["float16", "bfloat16"] = "float16"
-    grad_clip_norm: float | None = None
-    freeze_batchnorm: bool = False
-    loader_workers: int = 2
-    loader_start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
-    cache_images: bool = False
-    checkpoint_every: int = 0
-    eval_every: int = 0
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if self.epochs < 1 and self.max_steps is None:
-            raise ValueError("epochs must be at least 1 (or set max_steps)")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError("max_steps must be non-negative")
-        if self.loader_start_method not in ("forkserver", "spawn", "fork"):
-            raise ValueError(f"unknown loader_start_method {self.loader_start_method!r}")
-        if self.amp_dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
-        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
-            raise ValueError("grad_clip_norm must be positive")
-        if min(self.loader_workers, self.checkpoint_every, self.eval_every) < 0 or self.log_every < 1:
-            raise ValueError("loader_workers, checkpoint_every, eval_every must be >= 0 and log_every >= 1")
-
-    # Fields that change how long or how verbosely a run goes, not what it computes: a resumed run
-    # may change them.
-    RUNTIME_FIELDS: typing.ClassVar[frozenset[str]] = frozenset(
-        {"epochs", "max_steps", "loader_workers", "loader_start_method", "cache_images", "checkpoint_every",
-         "eval_every", "log_every"}
-    )
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        return self.max_steps if self.max_steps is not None else self.epochs * steps_per_epoch
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict of builtins (stored in checkpoints, loadable with ``weights_only``)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        return _dataclass_from_dict(cls, data)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-
-def _coerce(annotation: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        for option in options:
-            if dataclasses.is_dataclass(option):
-                return _coerce(option, value)
-        return _coerce(options[0], value) if len(options) == 1 else value
-    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-        return _dataclass_from_dict(annotation, value)
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], item) for item in value)
-        return tuple(_coerce(arg, item) for arg, item in zip(args, value, strict=True))
-    return value
-
-
-def _dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**{name: _coerce(hints[name], value) for name, value in data.items()})
-
-
-def _reference_augment(image_size: int) -> AugmentConfig:
-    return AugmentConfig(
-        image_size=image_size,
-        crop=CropConfig(sampling="choices"),
-        photometric=PhotometricConfig(),
-        flip_probability=0.5,
-        random_interpolation=True,
-    )
-
-
-def _reference_mobilenet() -> TrainConfig:
-    # biubug6 train.py + data/config.py cfg_mnet: batch 32, lr 1e-3, 250 epochs, x0.1 at 190 and 220;
-    # its warm-up (warmup_epoch = -1) is disabled.
-    return TrainConfig(
-        model="mobilenet0.25",
-        augment=_reference_augment(640),
-        matcher=MatcherConfig.reference(),
-        loss=LossConfig.reference(),
-        optimizer=OptimizerConfig(lr=1e-3, momentum=0.9, weight_decay=5e-4),
-        schedule=ScheduleConfig(warmup_epochs=0.0, milestones=(190.0, 220.0), gamma=0.1),
-        batch_size=32,
-        epochs=250,
-    )
-
-
-def _reference_resnet50() -> TrainConfig:
-    # cfg_re50: batch 24, image 840, 100 epochs, x0.1 at 70 and 90.
-    return dataclasses.replace(
-        _reference_mobilenet(),
-        model="resnet50",
-        augment=_reference_augment(840),
-        schedule=ScheduleConfig(warmup_epochs=0.0, milestones=(70.0, 90.0), gamma=0.1),
-        batch_size=24,
-        epochs=100,
-    )
-
-
-def _paper() -> TrainConfig:
-    # RetinaFace paper, Sec. 4.3: crops of [0.3, 1] of the short side resized to 640, colour
-    # distortion, flips; IoU > 0.5 positive, < 0.3 background; OHEM 3:1; lambda1 0.25, lambda2 0.1;
-    # SGD (0.9, 5e-4), batch 8 x 4 GPUs, lr 1e-3 rising to 1e-2 after 5 epochs, /10 at 55 and 68,
-    # stop at 80.
-    return TrainConfig(
-        model="paper",
-        augment=AugmentConfig(image_size=640, crop=CropConfig(sampling="uniform", scale_range=(0.3, 1.0))),
-        matcher=MatcherConfig.paper(),
-        loss=LossConfig.paper(),
-        optimizer=OptimizerConfig(lr=1e-2, momentum=0.9, weight_decay=5e-4),
-        schedule=ScheduleConfig(warmup_epochs=5.0, warmup_start_factor=0.1, milestones=(55.0, 68.0), gamma=0.1),
-        batch_size=32,
-        epochs=80,
-    )
-
-
-def _paper_mobilenet() -> TrainConfig:
-    """The paper's recipe on the MobileNet-0.25 model."""
-    return dataclasses.replace(_paper(), model="mobilenet0.25")
-
-
-TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
-    # the biubug6 recipes, also under the model preset names they train
-    "reference": _reference_mobilenet,
-    "reference-mobilenet0.25": _reference_mobilenet,
-    "mobilenet0.25": _reference_mobilenet,
-    "reference-resnet50": _reference_resnet50,
-    "resnet50": _reference_resnet50,
-    "paper": _paper,
-    "paper-mobilenet0.25": _paper_mobilenet,
-}
-
-
-def available_train_presets() -> list[str]:
-    return sorted(TRAIN_PRESETS)
-
-
-def get_train_preset(name: str) -> TrainConfig:
-    try:
-        return TRAIN_PRESETS[name]()
-    except KeyError:
-        raise KeyError(f"unknown training preset {name!r}; available: {', '.join(available_train_presets())}") from None
-
-
-# ----------------------------------------------------------------------------------------------
-# schedule
-
-
-class WarmupMultiStepLR(LRScheduler):
-    """Linear warm-up over ``warmup_steps`` from ``start_factor``, then ``gamma`` at each milestone.
-
-    ``last_epoch`` counts optimiser steps; call :meth:`step` after every optimiser step.
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        *,
-        warmup_steps: int,
-        start_factor: float,
-        milestones: Sequence[int],
-        gamma: float,
-        last_epoch: int = -1,
-    ) -> None:
-        self.warmup_steps = int(warmup_steps)
-        self.start_factor = float(start_factor)
-        self.milestones = tuple(int(m) for m in milestones)
-        self.gamma = float(gamma)
-        super().__init__(optimizer, last_epoch)
-
-    def factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.start_factor + (1.0 - self.start_factor) * step / self.warmup_steps
-        return self.gamma ** sum(1 for m in self.milestones if step >= m)
-
-    def get_lr(self) -> list[float]:
-        factor = self.factor(self.last_epoch)
-        return [base * factor for base in self.base_lrs]
-
-    @classmethod
-    def from_config(
-        cls, optimizer: torch.optim.Optimizer, *, schedule: ScheduleConfig, steps_per_epoch: int
-    ) -> WarmupMultiStepLR:
-        return cls(
-            optimizer,
-            warmup_steps=round(schedule.warmup_epochs * steps_per_epoch),
-            start_factor=schedule.warmup_start_factor,
-            milestones=[round(m * steps_per_epoch) for m in schedule.milestones],
-            gamma=schedule.gamma,
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# RNG state
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy (legacy global) and torch CPU/CUDA generator states, ``weights_only``-safe."""
-    numpy_state = np.random.get_state(legacy=False)
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "bit_generator": numpy_state["bit_generator"],
-            "key": torch.from_numpy(np.asarray(numpy_state["state"]["key"], dtype=np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": numpy_state["bit_generator"],
-            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-            "has_gauss": numpy_state["has_gauss"],
-            "gauss": numpy_state["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------------------------
-# evaluation
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RecallReport:
-    """Recall of labelled faces: a face counts as found when a detection with score >= the
-    threshold matches it one-to-one (greedy by score) at IoU >= the threshold.
-
-    Attributes:
-        num_faces: labelled faces considered (wider than the minimum width).
-        num_found: of those, found.
-        per_image: ``(path, num_faces, num_found)`` per image.
-    """
-
-    num_faces: int
-    num_found: int
-    per_image: tuple[tuple[str, int, int], ...]
-
-    @property
-    def recall(self) -> float:
-        return self.num_found / self.num_faces if self.num_faces else float("nan")
-
-
-def matched_faces(
-    detections: torch.Tensor, scores: torch.Tensor, faces: torch.Tensor, *, iou_threshold: float, score_threshold: float
-) -> torch.Tensor:
-    """``bool [G]``: which of ``faces [G, 4]`` a detection ``[D, 4]`` with ``scores [D]`` matches.
-
-    Greedy one-to-one matching in decreasing score order, each detection taking its best unmatched
-    face with IoU >= ``iou_threshold``.
-    """
-    found = torch.zeros(faces.shape[0], dtype=torch.bool)
-    keep = scores >= score_threshold
-    detections, scores = detections[keep].float().cpu(), scores[keep].float().cpu()
-    if faces.shape[0] == 0 or detections.shape[0] == 0:
-        return found
-    overlaps = box_iou(detections[torch.argsort(scores, descending=True, stable=True)], faces.float().cpu())
-    for row in overlaps:
-        candidates = torch.where(found, torch.full_like(row, -1.0), row)
-        best = int(torch.argmax(candidates))
-        if float(candidates[best]) >= iou_threshold:
-            found[best] = True
-    return found
-
-
-def evaluate_recall(
-    model: RetinaFace,
-    images: Sequence[LabeledImage],
-    *,
-    device: torch.device | str,
-    min_face_width: float = 20.0,
-    iou_threshold: float = 0.5,
-    score_threshold: float = 0.5,
-    resize: str | None = None,
-) -> RecallReport:
-    """Detect on each labelled image (original size unless ``resize``) and count found faces."""
-    detector = Detector(model, device=device, resize=resize, postprocess=PostprocessConfig())
-    per_image: list[tuple[str, int, int]] = []
-    for labeled in images:
-        image = cv2.imread(str(labeled.path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise OSError(f"cannot decode {labeled.path}")
-        faces = torch.from_numpy(labeled.boxes)
-        faces = faces[(faces[:, 2] - faces[:, 0]) > min_face_width]
-        result = detector.detect([image])[0]
-        found = matched_faces(
-            result.boxes, result.scores, faces, iou_threshold=iou_threshold, score_threshold=score_threshold
-        )
-        per_image.append((str(labeled.path), int(faces.shape[0]), int(found.sum())))
-    return RecallReport(
-        num_faces=sum(n for _, n, _ in per_image), num_found=sum(f for _, _, f in per_image), per_image=tuple(per_image)
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# model
-
-
-def build_training_model(
-    config: TrainConfig, *, init_backbone: str | Path | None = None, init: str | Path | None = None
-) -> RetinaFace:
-    """The model a run starts from, on CPU, in train mode.
-
-    Args:
-        init_backbone: ImageNet backbone checkpoint (e.g. ``mobilenetV1X0.25_imagenet_pretrain.tar``,
-            ``module.``-prefixed keys); FPN, SSH and heads are freshly initialised from ``config.seed``.
-        init: a detector checkpoint (biubug6 ``.pth`` or ours); its architecture must be
-            ``config.model``'s.
-    """
-    if (init_backbone is None) == (init is None):
-        raise ValueError("give exactly one of init_backbone and init")
-    expected = get_preset(config.model)
-    if init is not None:
-        model = load_model(init)
-        if _architecture(model.config) != _architecture(expected):
-            raise ValueError(
-                f"{init} holds a {model.config.name!r} model but the run is configured for {config.model!r}; "
-                "pass a matching model preset"
-            )
-        return model.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = RetinaFace(expected)
-    load_backbone_weights(model, init_backbone)
-    return model.train()
-
-
-def _architecture(config: ModelConfig) -> dict[str, Any]:
-    data = config.to_dict()
-    data.pop("name")
-    data.pop("train_image_size")
-    return data
-
-
-# ----------------------------------------------------------------------------------------------
-# the loop
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -688,7 +216,7 @@ class Trainer:
         if differences:
             listed = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differences.items())
             raise ValueError(f"cannot resume {path} with a different configuration: {listed}")
-        if stored_model_config is not None and _architecture(stored_model_config) != _architecture(model.config):
+        if stored_model_config is not None and architecture(stored_model_config) != architecture(model.config):
             raise ValueError(f"{path} holds a different architecture than the model given")
         if training["world_size"] != self.world_size:
             raise ValueError(

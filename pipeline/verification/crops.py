@@ -20,13 +20,14 @@ The detector runs once per photo and serves both ``detector`` and ``box``. Confi
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import cv2
 import numpy as np
 
+from detector.api import PostprocessConfig
+from detector.spec import DetectorSpec
 from pipeline.align import align_faces
 from pipeline.select import SELECT_MODES
 
@@ -58,54 +59,39 @@ class CropStatus(enum.IntEnum):
     MISSING = 3
     UNREADABLE = 4
 
-    @property
-    def usable(self) -> bool:
-        return self in (CropStatus.OK, CropStatus.FALLBACK)
+
+def _golden_spec() -> DetectorSpec:
+    return DetectorSpec(resize="cap:1024", postprocess=PostprocessConfig(conf_threshold=0.5, nms_threshold=0.4))
 
 
 @dataclass(frozen=True, kw_only=True)
 class DetectorSettings:
-    """RetinaFace settings for the ``detector``/``box`` sources (defaults: the golden deepface run)."""
+    """The ``detector``/``box`` sources' detector and face choice (defaults: the golden deepface run:
+    long side capped at 1024, confidence 0.5, NMS 0.4, largest face)."""
 
-    weights: Path | str | None = None
-    """Weights file or registry name; ``None`` is the detector package's default (MobileNet-0.25)."""
-    preset: str | None = None
-    resize: str = "cap:1024"
-    """Image scaling before the network (``detector.inference.ResizePolicy.parse``); ``cap:1024``
-    only shrinks photos whose long side exceeds 1024."""
-    conf_threshold: float = 0.5
-    nms_threshold: float = 0.4
+    spec: DetectorSpec = field(default_factory=_golden_spec)
+    """Which detector (:class:`detector.spec.DetectorSpec`); its ``postprocess.conf_threshold`` is
+    the minimum face score, its ``resize`` the detector input scaling."""
     select: str = "largest"
-    """Which face of the photo: ``largest`` or ``central`` (area minus twice the squared centre offset)."""
-    device: str = "cpu"
+    """Which face of the photo: ``largest``, ``central`` (area minus twice the squared centre
+    offset) or ``score``."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.spec, DetectorSpec):
+            raise TypeError(f"spec must be a DetectorSpec, got {type(self.spec).__name__}")
         if self.select not in SELECT_MODES or self.select == "all":
             raise ValueError(f"select must be one of largest, central, score; got {self.select!r}")
-        if not 0.0 <= self.conf_threshold < 1.0:
-            raise ValueError(f"conf_threshold must be in [0, 1), got {self.conf_threshold}")
 
     def build_aligner(self, image_size: int = 112) -> Any:
         """The pipeline's :class:`pipeline.stage.FaceAligner` (detect, select one face, align) with these settings."""
-        from functools import partial
-
-        from detector.inference import Detector
         from pipeline.stage import AlignConfig, FaceAligner
 
-        factory = partial(
-            Detector.from_weights, self.weights, preset=self.preset, device=self.device, resize=self.resize,
-            conf_threshold=self.conf_threshold, nms_threshold=self.nms_threshold,
-        )
         config = AlignConfig(image_size=image_size, select=self.select, max_faces=1,
-                             min_score=self.conf_threshold, resize=self.resize)
-        return FaceAligner(detector=factory, config=config)
+                             min_score=self.spec.postprocess.conf_threshold, resize=self.spec.resize)
+        return FaceAligner(detector=self.spec.build, config=config)
 
     def to_json(self) -> dict:
-        return {
-            "weights": None if self.weights is None else str(self.weights), "preset": self.preset,
-            "resize": self.resize, "conf_threshold": self.conf_threshold,
-            "nms_threshold": self.nms_threshold, "select": self.select,
-        }
+        return {"detector": self.spec.fingerprint(), "select": self.select}
 
 
 def square_box_matrix(box: np.ndarray, size: int = 112) -> np.ndarray:

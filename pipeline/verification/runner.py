@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.images import ImageReadError, read_image
+from common.fsio import atomic_path, atomic_write_text
 from pipeline.verification.aggregate import AggregationConfig, image_features, pair_scores, template_features
 from pipeline.verification.crops import BOX, DETECTOR, PROVIDED, CropMaker, CropStatus, DetectorSettings, parse_sources
 from pipeline.verification.metrics import DEFAULT_FARS, VerificationMetrics, far_key
@@ -46,7 +46,9 @@ class EvaluationConfig:
     detector: DetectorSettings | None = field(default_factory=DetectorSettings)
     fars: tuple[float, ...] = DEFAULT_FARS
     num_workers: int = 1
-    """> 1: extract on that many Ray actors (uses the running Ray instance, or starts a local one)."""
+    """> 1: extract on that many Ray actors (the running Ray, else the cluster at ``address``, else
+    a new local Ray: :func:`common.ray_init.ray_session`)."""
+    address: str | None = None
     threads: int | None = None
     """Intra-op threads of the detector and recogniser, per worker. ``None``: the libraries' defaults
     in-process, 1 per Ray actor. In-process, torch's thread count is restored afterwards."""
@@ -106,7 +108,7 @@ class ExtractionWorker:
 
     def __init__(self, *, recognizer: RecognizerConfig, sources: tuple[str, ...],
                  detector: DetectorSettings | None, flip: bool, image_size: int = 112, threads: int = 0):
-        if threads > 0 and hasattr(recognizer, "with_threads"):
+        if threads > 0:
             recognizer = recognizer.with_threads(threads)
         self.sources = parse_sources(sources)
         self.flip = flip
@@ -238,27 +240,23 @@ def _run_local(worker_kwargs: dict, chunks: list[list[PhotoTask]], bar: tqdm, th
 
 
 def _run_ray(worker_kwargs: dict, chunks: list[list[PhotoTask]], bar: tqdm, num_workers: int,
-             threads: int) -> Iterable[ChunkResult]:
+             threads: int, address: str | None) -> Iterable[ChunkResult]:
     import ray
     from ray.util import ActorPool
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_workers * threads, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-        started = True
-    actor_cls = ray.remote(num_cpus=threads)(_RayExtractionWorker)
-    actors = [actor_cls.remote(**worker_kwargs, threads=threads) for _ in range(num_workers)]
-    try:
-        pool = ActorPool(actors)
-        for result in pool.map_unordered(lambda actor, chunk: actor.process.remote(chunk), chunks):
-            bar.update(int(result.indices.size))
-            yield result
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started:
-            ray.shutdown()
+    from common.ray_init import ray_session
+
+    with ray_session(address, num_cpus=num_workers * threads):
+        actor_cls = ray.remote(num_cpus=threads)(_RayExtractionWorker)
+        actors = [actor_cls.remote(**worker_kwargs, threads=threads) for _ in range(num_workers)]
+        try:
+            pool = ActorPool(actors)
+            for result in pool.map_unordered(lambda actor, chunk: actor.process.remote(chunk), chunks):
+                bar.update(int(result.indices.size))
+                yield result
+        finally:
+            for actor in actors:
+                ray.kill(actor)
 
 
 def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, config: EvaluationConfig) -> Extraction:
@@ -285,7 +283,7 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
     start = time.perf_counter()
     with tqdm(total=n, desc="verification photos", unit="photo", disable=not config.progress) as bar:
         if config.num_workers > 1:
-            results = _run_ray(worker_kwargs, chunks, bar, config.num_workers, config.threads or 1)
+            results = _run_ray(worker_kwargs, chunks, bar, config.num_workers, config.threads or 1, config.address)
         else:
             results = _run_local(worker_kwargs, chunks, bar, config.threads or 0)
         for r in results:
@@ -561,13 +559,12 @@ def write_report(result: EvaluationResult, out_dir: Path | str) -> dict[str, Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "report.json"
-    tmp = report_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=2, default=_json_default, allow_nan=False))
-    os.replace(tmp, report_path)
+    atomic_write_text(report_path, json.dumps(result.to_json(), indent=2, default=_json_default, allow_nan=False))
     paths = {"report": report_path, "roc": plot_roc(result, out / "roc.png")}
     for name, res in result.sources.items():
         p = out / f"scores_{name}.npz"
-        np.savez(p, scores=res.scores.astype(np.float32), labels=res.labels,
-                 pair_index=np.flatnonzero(res.pair_mask))
+        with atomic_path(p) as tmp, open(tmp, "wb") as f:
+            np.savez(f, scores=res.scores.astype(np.float32), labels=res.labels,
+                     pair_index=np.flatnonzero(res.pair_mask))
         paths[f"scores_{name}"] = p
     return paths

@@ -1,0 +1,82 @@
+"""The one Ray start policy of every job (align, verification, training).
+
+:func:`ray_session` joins the Ray already initialised in this process; else the cluster at
+``address`` (or ``$RAY_ADDRESS``), shipping the project's packages to its workers; else starts a
+local Ray. It shuts down only what it started. By default Ray's own console noise (its internal
+warnings, progress-bar notices, log lines of the workers) stays in Ray's session folder, and
+real failures still reach the caller as exceptions; ``verbose=True`` shows everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["project_runtime_env", "ray_session"]
+
+# Set before Ray is imported by our jobs: fewer of Ray's import-time notices on the console.
+_QUIET_ENV = {
+    "RAY_DEDUP_LOGS": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_TRAIN_V2_ENABLED": os.environ.get("RAY_TRAIN_V2_ENABLED", "1"),
+}
+
+
+def project_runtime_env() -> dict[str, Any]:
+    """``runtime_env`` shipping ``common``, ``detector`` and ``pipeline`` to a remote cluster's workers."""
+    import common
+    import detector
+    import pipeline
+
+    dirs = [p for pkg in (common, detector, pipeline) for p in pkg.__path__ if Path(p).is_dir()]
+    return {"py_modules": dirs}
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, verbose: bool = False,
+                log_to_driver: bool | None = None) -> Iterator[bool]:
+    """Make sure Ray is up for the ``with`` block; yields whether this call started it.
+
+    Args:
+        address: a cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``); ``None``:
+            ``$RAY_ADDRESS`` if set, else a new local Ray.
+        num_cpus: CPUs of a new local Ray (``None``: every core); ignored when joining a cluster.
+        verbose: show Ray's own warnings and log lines on the console.
+        log_to_driver: stream the workers' output to this console (default: ``verbose``).
+    """
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if not verbose:  # the C++ core's log lines (e.g. its warning about actor restarts) stay in Ray's logs
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = dict(include_dashboard=False,
+                                  log_to_driver=verbose if log_to_driver is None else log_to_driver,
+                                  logging_level=logging.INFO if verbose else logging.ERROR)
+    if address:
+        kwargs["runtime_env"] = project_runtime_env()
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = int(num_cpus)
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+        ray.init(address=address, **kwargs)
+    try:
+        if not verbose:
+            from ray.data import DataContext
+
+            DataContext.get_current().enable_progress_bars = False
+            for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+        yield True
+    finally:
+        ray.shutdown()

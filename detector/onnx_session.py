@@ -1,0 +1,179 @@
+"""One inference session over an ONNX file, on onnxruntime or OpenVINO (no torch).
+
+:func:`open_session` gives an :class:`OnnxSession`: ``run(x: float32 NCHW array) -> list of the
+model's outputs`` (numpy, in the file's output order), whatever the runtime. The detector families
+(:mod:`detector.onnx_runtime` for RetinaFace, :mod:`detector.scrfd` for SCRFD) only deal with this.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from .hub import CheckpointError
+
+__all__ = ["OnnxSession", "open_session"]
+
+
+class OnnxSession(Protocol):
+    runtime: str
+    input_name: str
+    output_names: tuple[str, ...]
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+
+@dataclass
+class _OrtSession:
+    session: Any
+    runtime: str
+    input_name: str
+    output_names: tuple[str, ...]
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: x})
+
+
+@dataclass
+class _OpenVinoSession:
+    request: Any
+    runtime: str
+    input_name: str
+    output_names: tuple[str, ...]
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        result = self.request.infer({0: x}, share_inputs=True)
+        # copy: the request's output buffers are reused by the next call
+        return [np.array(result[i]) for i in range(len(self.output_names))]
+
+
+def _ort_providers(device: str, precision: str) -> list[Any]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    index = int(device.partition(":")[2] or 0)
+    providers: list[Any] = []
+    if "TensorrtExecutionProvider" in available:
+        providers.append(("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": precision == "fp16",
+                                                        "trt_engine_cache_enable": True}))
+    if "CUDAExecutionProvider" in available:
+        providers.append(("CUDAExecutionProvider", {"device_id": index}))
+    if not providers:
+        raise CheckpointError(f"onnxruntime here has no CUDA provider (available: {', '.join(available)}); "
+                              "install onnxruntime-gpu or use --device cpu")
+    return providers + ["CPUExecutionProvider"]
+
+
+def _mark_keep_f32(xml: str, pattern: "re.Pattern[str]") -> tuple[str, int]:
+    """Mark the IR layers whose name matches ``pattern`` to keep their original (f32) precision.
+
+    OpenVINO's CPU plugin leaves a node out of its bf16 inference precision when the node carries
+    the ``DisablePrecisionConversion`` runtime attribute (what ``ov::disable_conversion(node, f16)``
+    sets for precision-sensitive subgraphs). Python cannot create that attribute, but the IR reader
+    does, so it is written into the serialized model.
+    """
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    marked = 0
+    for layer in root.iter("layer"):
+        if not pattern.search(layer.get("name", "")):
+            continue
+        rt_info = layer.find("rt_info")
+        if rt_info is None:
+            rt_info = ET.Element("rt_info")
+            layer.insert(1 if layer.find("data") is not None else 0, rt_info)
+        if any(a.get("name") == "DisablePrecisionConversion" for a in rt_info.findall("attribute")):
+            continue
+        ET.SubElement(rt_info, "attribute", {"name": "DisablePrecisionConversion", "version": "0",
+                                             "value": "dynamic:f16"})
+        marked += 1
+    return ET.tostring(root, encoding="unicode"), marked
+
+
+def _openvino_model(core: Any, path: Path, keep_f32: tuple[str, ...]) -> tuple[Any, "re.Pattern[str] | None"]:
+    import openvino as ov
+
+    model = core.read_model(str(path))
+    if not keep_f32:
+        return model, None
+    pattern = re.compile("|".join(f"(?:{p})" for p in keep_f32))
+    with tempfile.TemporaryDirectory() as tmp:
+        xml_path = Path(tmp) / "model.xml"
+        ov.save_model(model, str(xml_path), compress_to_fp16=False)
+        xml, marked = _mark_keep_f32(xml_path.read_text(), pattern)
+        weights = np.fromfile(xml_path.with_suffix(".bin"), dtype=np.uint8)
+    if not marked:
+        warnings.warn(f"{path}: no layer matches keep_f32 {list(keep_f32)}; everything runs in bf16", stacklevel=3)
+        return model, None
+    return core.read_model(xml, ov.Tensor(weights)), pattern
+
+
+def _check_kept_f32(compiled: Any, pattern: "re.Pattern[str]", path: Path) -> None:
+    """Warn if OpenVINO ran the layers meant to stay f32 in bf16 (an OpenVINO without the attribute)."""
+    lowered = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) != "Convolution":
+            continue
+        if pattern.search(rt["originalLayersNames"].astype(str)) and rt["runtimePrecision"].astype(str) != "f32":
+            lowered.append(rt["originalLayersNames"].astype(str))
+    if lowered:
+        warnings.warn(f"{path}: OpenVINO ran {len(lowered)} convolutions meant to stay f32 in bf16 (e.g. "
+                      f"{lowered[0]}); detections may lose accuracy", stacklevel=3)
+
+
+def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp32", device: str = "cpu",
+                 threads: int | None = None, keep_f32: Sequence[str] = ()) -> OnnxSession:
+    """Load ``path`` on ``runtime`` (``"onnxruntime"`` or ``"openvino"``).
+
+    ``precision``: OpenVINO runs ``bf16`` through its inference-precision hint (the file stays
+    fp32); onnxruntime runs the file as it is (``fp16`` on CUDA through TensorRT's flag).
+    ``threads``: intra-op threads (``None``: the runtime's default, every core).
+    ``keep_f32``: with OpenVINO bf16, regular expressions of node names (as the ONNX file names
+    them, e.g. ``^/body/``) that keep running in f32 (a warning if OpenVINO does not honour it).
+    """
+    path = Path(path)
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(path), options, providers=_ort_providers(device, precision))
+        except Exception as exc:  # onnxruntime raises its own exception types on a bad file
+            raise CheckpointError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
+        return _OrtSession(session, "onnxruntime", session.get_inputs()[0].name,
+                           tuple(o.name for o in session.get_outputs()))
+    if runtime == "openvino":
+        import openvino as ov
+
+        if device != "cpu":
+            raise CheckpointError(f"the openvino runtime runs on cpu here, not {device!r}")
+        core = ov.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            model, kept = _openvino_model(core, path, tuple(keep_f32) if precision == "bf16" else ())
+            compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: OpenVINO cannot load it: {str(exc).splitlines()[0]}") from exc
+        if kept is not None:
+            _check_kept_f32(compiled, kept, path)
+        return _OpenVinoSession(compiled.create_infer_request(), "openvino", model.inputs[0].get_any_name(),
+                                tuple(o.get_any_name() for o in model.outputs))
+    raise ValueError(f"open_session: runtime must be onnxruntime or openvino, got {runtime!r}")

@@ -1,0 +1,193 @@
+"""The align job's driver: check, plan, run the Ray Data pipeline, record, summarise.
+
+Pipeline (one streaming Ray Data dataset)::
+
+    relative paths (driver: walk ``src``, drop inputs already done, cut the rest into chunks)
+      -> read_images       CPU tasks: read the files (and decode them for GPU actors)
+      -> FaceCropPredictor actor pool: detect, select, align (detector built once per actor)
+      -> write_crops       CPU tasks: encode, write through the output writer, build the records
+      -> driver            the writer's sink appends records to ``dst/manifest.jsonl``; progress bar
+
+A chunk (:func:`pipeline.job.plan.guided_chunks`) is one Ray block: one read task, one actor call,
+one write task. The driver and the read/write tasks never import torch; the actors import only the
+runtime their :class:`detector.spec.DetectorSpec` names. Before Ray starts, the driver checks
+``src``, ``dst`` and the detector (weights readable and of the right kind, runtime installed):
+a bad setting is one :class:`JobConfigError` line, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from common.fsio import atomic_write_text, remove_temporaries
+from common.ray_init import ray_session
+from detector.hub import CheckpointError
+from detector.spec import DetectorSpec
+from pipeline.job.config import JOB_NAME, LOCK_NAME, MANIFEST_NAME, STATUSES, SUMMARY_NAME, AlignJobConfig, JobConfigError
+from pipeline.job.plan import TASKS_IN_FLIGHT_PER_ACTOR, JobPlan
+from pipeline.job.resume import check_fingerprint, check_paths, done_inputs, exclusive, final_counts, list_inputs
+from pipeline.job.stages import FaceCropPredictor, read_images, write_crops
+from pipeline.job.summary import JobSummary, RunStats, make_summary
+from pipeline.manifest import ManifestWriter, compact_manifest
+from pipeline.writers import CropWriter, OutputLayout, make_writer
+
+__all__ = ["check_detector", "run_align_job"]
+
+log = logging.getLogger(__name__)
+
+
+def check_detector(spec: DetectorSpec) -> DetectorSpec:
+    """The spec resolved and checked in the driver (no torch): a missing or wrong weights file,
+    or a runtime that is not installed, is a :class:`JobConfigError` before anything starts."""
+    try:
+        return spec.check()
+    except CheckpointError as e:
+        raise JobConfigError(
+            f"detector not usable: {e}. With the file at hand, pass --weights PATH or set FACEPREP_WEIGHTS "
+            "to the folder that holds it."
+        ) from e
+
+
+def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan: JobPlan, spec: DetectorSpec,
+                   writer: CropWriter):
+    import ray
+    from ray.data import ExecutionResources
+
+    workers = plan.workers
+    # One block per chunk, one row per block holding the chunk's names; each stage then maps a
+    # whole block (batch_size=None). Names travel as bytes: file names need not be UTF-8.
+    items, start = [], 0
+    for size in plan.chunks:
+        chunk = todo[start:start + size]
+        start += size
+        items.append({"src": [os.fsencode(s) for s, _ in chunk], "stem": [os.fsencode(t) for _, t in chunk]})
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds.context.enable_progress_bars = False  # our own bar counts manifest records
+    if plan.budget is not None:
+        ds.context.execution_options.resource_limits = ExecutionResources.for_limits(object_store_memory=plan.budget)
+    ds = ds.map_batches(
+        read_images, batch_size=None, batch_format="numpy", num_cpus=workers.read_cpus,
+        fn_kwargs={"src_root": str(config.src.resolve()), "decode": workers.decode_in_tasks,
+                   "max_pixels": config.align.max_pixels, "exif_orientation": config.align.exif_orientation},
+    )
+    actor_spec = dataclasses.replace(spec, device=workers.device, threads=workers.threads)
+    ds = ds.map_batches(
+        # decoded pixels may be split into several blocks (Ray's block size cap): re-bundle them
+        FaceCropPredictor, batch_size=workers.batch_size if workers.decode_in_tasks else None,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers.num_actors,
+                                           max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT_PER_ACTOR),
+        num_cpus=workers.cpus_per_actor, num_gpus=workers.gpus_per_actor or None,
+        fn_constructor_kwargs={"detector": actor_spec, "align": config.align,
+                               "detect_batch_size": workers.detect_batch_size, "on_no_face": config.on_no_face,
+                               "draft": not config.exact},
+    )
+    return ds.map_batches(
+        write_crops, batch_size=None, batch_format="numpy", num_cpus=workers.write_cpus,
+        fn_kwargs={"writer": writer, "crop_shape": config.align.crop_shape},
+    )
+
+
+def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: list[str], spec: DetectorSpec,
+             writer: CropWriter) -> tuple[RunStats, str]:
+    """Run the dataset over ``todo``; records reach the manifest through the writer's sink."""
+    with ray_session(config.address, verbose=config.verbose):
+        import ray
+
+        resources = ray.cluster_resources()
+        plan = JobPlan.make(resources, todo=[rel for rel, _ in todo], src=config.src, device=config.device,
+                            num_workers=config.num_workers, batch_size=config.batch_size, threads=config.threads,
+                            decode=config.decode)
+        if plan.workers.device != spec.device:  # GPU actors: the runtime is chosen for CUDA
+            spec = check_detector(dataclasses.replace(config.detector, device=plan.workers.device))
+        log.info("align job: %d to process; %s; detector %s", len(todo), plan.describe(), spec.describe())
+        stats = RunStats()
+        ds = _build_dataset(todo, config, plan, spec, writer)
+        with ManifestWriter(config.dst / MANIFEST_NAME, durable=config.durable) as manifest, \
+                writer.sink(manifest, inputs=all_inputs) as sink, \
+                tqdm(total=len(todo), unit="photo", desc="aligning", disable=not config.progress,
+                     file=sys.stderr, dynamic_ncols=True) as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                statuses = batch["status"].tolist()
+                sink.add(batch["record"].tolist(), batch["payloads"])
+                stats.add(statuses, int(batch["num_outputs"].sum()))
+                bar.update(len(statuses))
+                bar.set_postfix({s: stats.counts.get(s, 0) for s in STATUSES}, refresh=False)
+        stats.stop()
+    return stats, f"{plan.describe()}; detector: {spec.describe()}"
+
+
+def run_align_job(config: AlignJobConfig) -> JobSummary:
+    """Run (or resume) the job; returns its summary (also printed by the CLI and written to
+    ``dst/summary.json``).
+
+    Raises:
+        JobConfigError: missing or unreadable ``src``, unwritable ``dst``, an unusable detector,
+            or ``dst`` made with other settings.
+    """
+    t0 = time.perf_counter()
+    check_paths(config)
+    src, dst = config.src, config.dst
+    all_inputs = list_inputs(src, exclude=dst)
+    inputs = all_inputs if config.limit is None else all_inputs[: config.limit]
+    collide = OutputLayout.colliding(all_inputs)  # stable names whatever --limit is
+    stems = {rel: OutputLayout.stem_of(rel, keep_suffix=rel in collide) for rel in inputs}
+
+    def pending() -> tuple[set[str], list[tuple[str, str]]]:
+        done = set() if config.overwrite else done_inputs(dst / MANIFEST_NAME, dst) & set(inputs)
+        return done, [(rel, stems[rel]) for rel in inputs if rel not in done]
+
+    if config.dry_run:
+        done, todo = pending()
+        return make_summary(config, inputs=len(inputs), already_done=len(done),
+                            counts=final_counts(dst / MANIFEST_NAME, done), stats=None, t0=t0,
+                            plan=f"{len(todo)} input(s) to process; workers decided at start")
+
+    spec = check_detector(config.detector if config.device == "auto"
+                          else dataclasses.replace(config.detector, device=config.device))
+    fingerprint = config.fingerprint(spec)
+    check_fingerprint(config, fingerprint)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        if not os.access(dst, os.W_OK | os.X_OK):
+            raise PermissionError(13, "permission denied", str(dst))
+        with exclusive(dst / LOCK_NAME):
+            return _run_locked(config, spec, fingerprint, inputs, all_inputs, pending, t0)
+    except PermissionError as e:
+        raise JobConfigError(f"cannot write to {e.filename or dst}: {e.strerror or e}") from e
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC
+            raise JobConfigError(f"no space left on the device of {dst} ({e.filename or dst}); free some space "
+                                 "and rerun the same command to resume") from e
+        raise
+
+
+def _run_locked(config: AlignJobConfig, spec: DetectorSpec, fingerprint: dict, inputs: list[str],
+                all_inputs: list[str], pending, t0: float) -> JobSummary:
+    dst = config.dst
+    options = {"shard_bytes": config.shard_bytes} if config.format == "webdataset" else {}
+    writer = make_writer(config.format, dst=dst.resolve(), layout=config.layout, quality=config.quality,
+                         durable=config.durable, crop_shape=config.align.crop_shape, **options)
+    remove_temporaries(dst)
+    writer.prepare(overwrite=config.overwrite)
+    done, todo = pending()
+    atomic_write_text(dst / JOB_NAME, json.dumps({"settings": fingerprint}, indent=2) + "\n")
+    stats, plan = (_process(config, todo, all_inputs, spec, writer) if todo
+                   else (RunStats(), "nothing to process"))
+    manifest_path = dst / MANIFEST_NAME
+    if manifest_path.exists():  # one record per input; records of vanished files are dropped
+        compact_manifest(manifest_path, keep=all_inputs)
+    outputs = writer.finalize()
+    summary = make_summary(config, inputs=len(inputs), already_done=len(done),
+                           counts=final_counts(manifest_path, set(inputs)), stats=stats, plan=plan, t0=t0,
+                           outputs=outputs)
+    atomic_write_text(dst / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
