@@ -19,14 +19,6 @@ from typing import Any
 
 __all__ = ["project_runtime_env", "ray_session"]
 
-# Set before Ray is imported by our jobs: fewer of Ray's import-time notices on the console.
-_QUIET_ENV = {
-    "RAY_DEDUP_LOGS": "1",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    "RAY_TRAIN_V2_ENABLED": os.environ.get("RAY_TRAIN_V2_ENABLED", "1"),
-}
-
-
 def project_runtime_env() -> dict[str, Any]:
     """``runtime_env`` shipping ``common``, ``detector`` and ``pipeline`` to a remote cluster's workers."""
     import common
@@ -49,8 +41,6 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
         verbose: show Ray's own warnings and log lines on the console.
         log_to_driver: stream the workers' output to this console (default: ``verbose``).
     """
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
     if not verbose:  # the C++ core's log lines (e.g. its warning about actor restarts) stay in Ray's logs
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray

@@ -20,10 +20,10 @@ def ray_session():
     """One local Ray instance for the whole test session."""
     import ray
 
-    from common.ray_init import ray_session as start
-
-    with start(num_cpus=4):
-        yield ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +38,4 @@ def detector_factory(mobilenet_weights):
 def detector(detector_factory):
     """The reference MobileNet-0.25 RetinaFace on CPU, loaded once per session."""
     return detector_factory()
+

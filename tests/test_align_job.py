@@ -475,6 +475,23 @@ def _kill_tree(root: Path, count: int) -> list[str]:
     return sorted(rels)
 
 
+def _kill_after_records(cmd: list[str], cwd: Path, manifest: Path, records: int) -> None:
+    """Run the CLI ``cmd`` and SIGKILL it once ``manifest`` holds ``records`` lines."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 150
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= records:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_exactly_one_valid_output_per_input(tmp_path, ray_session, mobilenet_weights):
     """Acceptance 2: kill the CLI with SIGKILL mid-run, rerun, check outputs and manifest."""
@@ -484,20 +501,8 @@ def test_sigkill_then_rerun_gives_exactly_one_valid_output_per_input(tmp_path, r
     cmd = [sys.executable, str(REPO / "jobs" / "align_dataset.py"), "--src", str(src), "--dst", str(dst),
            "--weights", str(mobilenet_weights), "--runtime", "torch", "--num-workers", "1", "--batch-size", "2",
            "--no-progress", "--address", address]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     manifest = dst / "manifest.jsonl"
-    deadline = time.monotonic() + 150
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 3:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stderr.close()
+    _kill_after_records(cmd, tmp_path, manifest, 3)
     before = manifest.read_bytes().count(b"\n")
     assert 3 <= before < len(rels), before
     # what a kill can also leave: a torn manifest line and a temporary crop file
@@ -544,20 +549,8 @@ def test_webdataset_shards_read_back_and_a_killed_run_resumes_without_duplicates
     cmd = [sys.executable, str(REPO / "jobs" / "align_dataset.py"), "--src", str(src), "--dst", str(dst),
            "--format", "webdataset", "--shard-bytes", "30000", "--weights", str(mobilenet_weights),
            "--runtime", "torch", "--num-workers", "1", "--batch-size", "2", "--no-progress", "--address", address]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     manifest = dst / "manifest.jsonl"
-    deadline = time.monotonic() + 150
-    try:  # wait for a closed shard (its records reach the manifest), then kill
-        while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 4:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stderr.close()
+    _kill_after_records(cmd, tmp_path, manifest, 4)  # a closed shard's records reach the manifest
     before = manifest.read_bytes().count(b"\n")
     assert 4 <= before < len(rels)
 
