@@ -22,9 +22,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
+
+from common.fsio import atomic_write_bytes
 
 from .hub import CheckpointError, cache_dir, resolve_weights, sha256sum
 from .onnx_models import (
@@ -139,16 +140,7 @@ def export_onnx(weights: str | os.PathLike | None, out: str | os.PathLike, *, pr
     data = proto.SerializeToString()
     if verify:
         _verify(net, data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return atomic_write_bytes(out, data)
 
 
 def onnx_for_weights(weights_path: str | os.PathLike, *, preset: str | None = None) -> Path:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.fsio import atomic_path
 
 __all__ = [
     "CACHE_ENV",
@@ -88,11 +89,8 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             h = hashlib.sha256()
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
@@ -105,10 +103,7 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
             raise CheckpointError(
                 f"sha256 mismatch for {url}: got {h.hexdigest()}, expected {sha256}; file discarded"
             )
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def _where_to_put(known: KnownWeights) -> str:

@@ -13,13 +13,13 @@ Everything is read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from common.fsio import atomic_path
 
 from .backbones import backbone_of_checkpoint
 from .config import ModelConfig, get_preset
@@ -160,13 +160,8 @@ def save_checkpoint(path: str | Path, model: RetinaFace, **extra: Any) -> Path:
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -610,3 +610,21 @@ def test_jpeg_drafts_give_the_exact_faces_in_full_photo_pixels(tmp_path, mobilen
         one, other = (np.frombuffer(t.column("crops")[row].as_py(), np.uint8).astype(float) for t in (exact, fast))
         print(name, "mean |crop diff|", round(float(np.abs(one - other).mean()), 2))
         assert np.abs(one - other).mean() < (4.0 if name == "t1.jpg" else 8.0), name  # t1: re-cropped, full photo
+
+
+def test_a_file_that_is_not_a_checkpoint_stops_the_job_before_anything_is_written(tmp_path, monkeypatch,
+                                                                                   mobilenet_weights):
+    src, dst = tmp_path / "raw", tmp_path / "aligned"
+    (src / "p").mkdir(parents=True)
+    shutil.copy(asset("images/aligned112_insightface_tom_hanks.png"), src / "p" / "a.png")
+    junk = tmp_path / "weights.pth"
+    junk.write_text("root:x:0:0:root:/root:/bin/bash\n")  # /etc/passwd standing for a corrupt download
+    with pytest.raises(JobConfigError, match=f"{junk}: not a torch checkpoint or ONNX file"):
+        run_align_job(_config(src, dst, junk))
+    import detector.spec
+
+    monkeypatch.setattr(detector.spec, "available_runtimes", lambda: ["torch"])
+    with pytest.raises(JobConfigError, match="runtime 'openvino' is not installed"):
+        run_align_job(_config(src, dst, mobilenet_weights,
+                              detector=DetectorSpec(weights=str(mobilenet_weights), runtime="openvino")))
+    assert not dst.exists()  # nothing written, Ray never started

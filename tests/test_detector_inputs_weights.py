@@ -230,3 +230,23 @@ def test_cli_bad_weights_is_a_clean_error(tmp_path, capsys):
     rc = cli_main(["detect", str(asset("images/group_insightface_t1.jpg")), "--weights", str(bad),
                    "--runtime", "torch", "--out", str(tmp_path)])
     assert rc == 2 and "not a readable torch checkpoint" in capsys.readouterr().err
+
+
+def test_cli_detect_never_loses_a_result_to_a_name_collision(tmp_path):
+    """Same file names in different folders mirror their folders; a collision that would remain
+    (x.jpg and x.png side by side) is an error before anything is written."""
+    photo = asset("images/group_insightface_t1.jpg")
+    for person in ("alex", "rose"):
+        (tmp_path / "ids" / person).mkdir(parents=True)
+        shutil.copy(photo, tmp_path / "ids" / person / "img1.jpg")
+    out = tmp_path / "det"
+    rc = cli_main(["detect", str(tmp_path / "ids/alex/img1.jpg"), str(tmp_path / "ids/rose/img1.jpg"),
+                   "--weights", str(asset(MOBILENET_WEIGHTS)), "--runtime", "torch", "--out", str(out)])
+    assert rc == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == ["alex/img1.json", "rose/img1.json"]
+    assert json.loads((out / "rose/img1.json").read_text())["image"].endswith("rose/img1.jpg")
+    shutil.copy(photo, tmp_path / "ids/alex/img1.png")
+    clash = tmp_path / "clash"
+    rc = cli_main(["detect", str(tmp_path / "ids/alex/img1.jpg"), str(tmp_path / "ids/alex/img1.png"),
+                   "--weights", str(asset(MOBILENET_WEIGHTS)), "--runtime", "torch", "--out", str(clash)])
+    assert rc == 2 and not clash.exists()
