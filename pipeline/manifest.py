@@ -80,11 +80,16 @@ class ManifestWriter:
             return
         data = "".join(lines).encode("utf-8")
         view = memoryview(data)
-        while view:  # a regular-file write is complete unless interrupted; loop to be safe
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self.durable:
-            os.fsync(self._fd)
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while view:  # a regular-file write is complete unless interrupted; loop to be safe
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self.durable:
+                os.fsync(self._fd)
+        except OSError:  # e.g. a full disk: leave no torn record behind
+            os.ftruncate(self._fd, start)
+            raise
 
     def close(self) -> None:
         if self._fd >= 0:

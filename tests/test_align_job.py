@@ -628,3 +628,82 @@ def test_a_file_that_is_not_a_checkpoint_stops_the_job_before_anything_is_writte
         run_align_job(_config(src, dst, mobilenet_weights,
                               detector=DetectorSpec(weights=str(mobilenet_weights), runtime="openvino")))
     assert not dst.exists()  # nothing written, Ray never started
+
+
+def _detector_actor_pids() -> list[int]:
+    """PIDs of the job's detector actors (Ray titles them ``ray::MapWorker(MapBatches(FaceCropPredictor))``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"ray::") and b"FaceCropPredictor" in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_detector_actor_killed_mid_job_is_replaced_and_nothing_is_lost(tmp_path, ray_session, mobilenet_weights):
+    import threading
+
+    src, dst = tmp_path / "raw", tmp_path / "aligned"
+    rels = _kill_tree(src, 60)
+    outcome: dict = {}
+    config = _config(src, dst, mobilenet_weights, batch_size=4)
+    worker = threading.Thread(target=lambda: outcome.update(summary=run_align_job(config)), daemon=True)
+    worker.start()
+    manifest = dst / "manifest.jsonl"
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and worker.is_alive():
+        if manifest.exists() and manifest.read_bytes().count(b"\n") >= 4 and _detector_actor_pids():
+            break
+        time.sleep(0.05)
+    victims = _detector_actor_pids()
+    assert worker.is_alive() and victims, "the job ended before an actor could be killed"
+    os.kill(victims[0], signal.SIGKILL)
+    worker.join(timeout=300)
+    assert not worker.is_alive(), "the job hung after losing an actor"
+    summary = outcome["summary"]
+    assert summary.exit_code == EXIT_OK and summary.counts == {"ok": len(rels), "no_face": 0, "error": 0}
+    records = _manifest_lines(dst)
+    assert [r["src"] for r in records] == rels  # exactly one final record per input
+    assert _output_files(dst) == {Path(r).with_suffix(".jpg").as_posix() for r in rels}
+    assert not [p for p in dst.rglob("*") if TEMP_MARKER in p.name]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (the suite runs as root, as CI does); unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    assert made.returncode == 0, f"cannot make a small file system for the test: {made.stderr.strip()}"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_job_cleanly_and_a_rerun_after_freeing_space_completes(
+        tmp_path, ray_session, mobilenet_weights, small_disk):
+    src, dst = tmp_path / "raw", small_disk / "aligned"
+    rels = _kill_tree(src, 80)  # 80 PNG crops of ~30 KB: about 2.4 MB, ten times the disk
+    with pytest.raises(JobConfigError, match="no space left on the device"):
+        run_align_job(_config(src, dst, mobilenet_weights, ext="png"))
+    records = [json.loads(line) for line in (dst / "manifest.jsonl").read_bytes().splitlines()]
+    assert (dst / "manifest.jsonl").read_bytes().endswith(b"\n") or not records  # no torn record
+    assert 0 < len(records) < len(rels)
+    for record in records:  # every recorded output is complete
+        for out in record["outputs"]:
+            assert _imread(dst / out).shape == (112, 112, 3)
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)  # space freed
+    summary = run_align_job(_config(src, dst, mobilenet_weights, ext="png"))
+    assert summary.exit_code == EXIT_OK and summary.already_done == len(records)
+    assert [r["src"] for r in _manifest_lines(dst)] == rels
+    assert _output_files(dst) == {Path(r).with_suffix(".png").as_posix() for r in rels}
+    assert not [p for p in dst.rglob("*") if TEMP_MARKER in p.name]
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)  # a read-only dst
+    with pytest.raises(JobConfigError, match="read-only file system"):
+        run_align_job(_config(src, dst, mobilenet_weights, ext="png", overwrite=True))

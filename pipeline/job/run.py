@@ -18,6 +18,7 @@ a bad setting is one :class:`JobConfigError` line, and nothing is written.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -116,11 +117,15 @@ def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: li
                 tqdm(total=len(todo), unit="photo", desc="aligning", disable=not config.progress,
                      file=sys.stderr, dynamic_ncols=True) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                statuses = batch["status"].tolist()
-                sink.add(batch["record"].tolist(), batch["payloads"])
+                done = [i for i, record in enumerate(batch["record"]) if record]
+                statuses = [batch["status"][i] for i in done]
+                sink.add([batch["record"][i] for i in done], [batch["payloads"][i] for i in done])
                 stats.add(statuses, int(batch["num_outputs"].sum()))
                 bar.update(len(statuses))
                 bar.set_postfix({s: stats.counts.get(s, 0) for s in STATUSES}, refresh=False)
+                if batch["io_error"][0]:  # the write task could not write to dst: stop here
+                    code, message, filename = json.loads(batch["io_error"][0])
+                    raise OSError(code, message, filename or None)
         stats.stop()
     return stats, f"{plan.describe()}; detector: {spec.describe()}"
 
@@ -158,15 +163,17 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
     try:
         dst.mkdir(parents=True, exist_ok=True)
         if not os.access(dst, os.W_OK | os.X_OK):
-            raise PermissionError(13, "permission denied", str(dst))
+            raise PermissionError(13, "not writable (permission denied or a read-only file system)", str(dst))
         with exclusive(dst / LOCK_NAME):
             return _run_locked(config, spec, fingerprint, inputs, all_inputs, pending, t0)
     except PermissionError as e:
         raise JobConfigError(f"cannot write to {e.filename or dst}: {e.strerror or e}") from e
     except OSError as e:
-        if e.errno == 28:  # ENOSPC
+        if e.errno == errno.ENOSPC:
             raise JobConfigError(f"no space left on the device of {dst} ({e.filename or dst}); free some space "
                                  "and rerun the same command to resume") from e
+        if e.errno == errno.EROFS:
+            raise JobConfigError(f"cannot write to {e.filename or dst}: read-only file system") from e
         raise
 
 

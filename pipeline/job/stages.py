@@ -277,15 +277,22 @@ def write_crops(batch: dict[str, np.ndarray], *, writer: CropWriter,
                 crop_shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """Encode each row's crops and hand them to ``writer`` (a CPU task; file formats write them
     here, atomically); returns per row ``record`` (the manifest JSON line), ``status``,
-    ``num_outputs`` and ``payloads`` (encoded crops the driver's sink still has to place). A failed
-    output write raises (the job stops and can be resumed): it is a problem of ``dst``, not of the
-    input."""
+    ``num_outputs``, ``payloads`` (encoded crops the driver's sink still has to place) and
+    ``io_error``. A failed output write (a full disk, a read-only ``dst``) is a problem of ``dst``,
+    not of the input: the rows before it are returned, every row carries ``io_error`` (JSON
+    ``[errno, message, file]``), and the driver stops the job with that error (resumable).
+    It travels as data because Ray's task errors do not keep the ``OSError`` they wrap."""
     h, w = crop_shape
-    records, counts, payloads = [], [], []
+    records, counts, payloads, statuses = [], [], [], []
+    io_error = ""
     for i in range(len(batch["src"])):
         k = int(batch["num_crops"][i])
         crops = np.frombuffer(batch["crops"][i], np.uint8).reshape(k, h, w, 3)
-        outputs, pending = writer.write(os.fsdecode(batch["stem"][i]), crops)
+        try:
+            outputs, pending = writer.write(os.fsdecode(batch["stem"][i]), crops)
+        except OSError as e:
+            io_error = json.dumps([e.errno, e.strerror or str(e), _text(str(e.filename or ""))])
+            break
         record = {
             "src": os.fsdecode(batch["src"][i]), "status": str(batch["status"][i]), "error": str(batch["error"][i]),
             "outputs": outputs, "faces": json.loads(batch["faces"][i]),
@@ -298,11 +305,15 @@ def write_crops(batch: dict[str, np.ndarray], *, writer: CropWriter,
         except UnicodeEncodeError:  # a file name that is not UTF-8: keep it as JSON escapes
             line = json.dumps(record)
         records.append(line)
+        statuses.append(str(batch["status"][i]))
         counts.append(len(outputs) + len(pending))
         payloads.append(pending)
+    if io_error and not records:  # one row to carry the error
+        records, statuses, counts, payloads = [""], [""], [0], [[]]
     return pa.table({
         "record": pa.array(records, pa.string()),
-        "status": pa.array([str(s) for s in batch["status"]], pa.string()),
+        "status": pa.array(statuses, pa.string()),
         "num_outputs": pa.array(counts, pa.int64()),
         "payloads": pa.array(payloads, pa.list_(pa.large_binary())),
+        "io_error": pa.array([io_error] * len(records), pa.string()),
     })
