@@ -14,6 +14,7 @@ Build detectors from a :class:`detector.spec.DetectorSpec`, never by hand in cal
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -47,6 +48,11 @@ class PostprocessConfig:
             raise ValueError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}")
         if int(self.top_k) < 1 or int(self.keep_top_k) < 1:
             raise ValueError(f"top_k and keep_top_k must be >= 1, got {self.top_k}, {self.keep_top_k}")
+
+    def override(self, **fields: float | int | None) -> "PostprocessConfig":
+        """This config with the given non-``None`` fields replaced (a detector's per-call overrides)."""
+        given = {k: v for k, v in fields.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
 
 
 @dataclass(frozen=True)

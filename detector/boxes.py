@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["box_area", "box_iou", "batched_box_iou", "nms", "batched_nms", "padded_nms"]
+__all__ = ["box_area", "box_iou", "batched_box_iou", "nms", "batched_nms", "padded_nms", "chunked_padded_nms"]
 
 
 def box_area(boxes: Tensor, *, plus_one: bool = False) -> Tensor:
@@ -79,6 +79,21 @@ def padded_nms(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: floa
     iou = batched_box_iou(boxes, boxes, plus_one=plus_one)
     upper = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu_(1)
     return _greedy_keep((iou > iou_threshold) & upper, valid)
+
+
+def chunked_padded_nms(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float, *,
+                       plus_one: bool = False, budget: int = 64_000_000) -> Tensor:
+    """:func:`padded_nms` over slices of the batch, so that no slice's ``[b, K, K]`` IoU tensor
+    holds more than ``budget`` elements (same result as one call)."""
+    b, k = scores.shape
+    per_chunk = max(1, budget // max(1, k * k))
+    if per_chunk >= b:
+        return padded_nms(boxes, scores, valid, iou_threshold, plus_one=plus_one)
+    return torch.cat([
+        padded_nms(boxes[i:i + per_chunk], scores[i:i + per_chunk], valid[i:i + per_chunk], iou_threshold,
+                   plus_one=plus_one)
+        for i in range(0, b, per_chunk)
+    ])
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, plus_one: bool = False) -> Tensor:

@@ -20,13 +20,13 @@ def build_retinaface(spec: "DetectorSpec") -> FaceDetector:
     """RetinaFace on ``spec.runtime``: eager torch (reference-exact), or the exported ONNX graph on
     onnxruntime / OpenVINO (a ``.pth`` is exported once into the cache, see
     :func:`detector.export.onnx_for_weights`)."""
-    if spec.runtime == "torch":
+    if spec.threads:  # the torch postprocess runs in every runtime: its threads follow the spec too
         import torch
 
+        torch.set_num_threads(int(spec.threads))
+    if spec.runtime == "torch":
         from .inference import Detector
 
-        if spec.threads:
-            torch.set_num_threads(int(spec.threads))
         return Detector.from_weights(spec.weights, preset=spec.preset, device=spec.device,
                                      fp16=spec.precision == "fp16", resize=spec.resize,
                                      postprocess=spec.postprocess)

@@ -7,7 +7,6 @@ the images; the only per-image work is slicing the final per-image results.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +19,7 @@ from torch import Tensor
 from .anchors import AnchorGenerator
 from .api import Detections, InputImageError, PostprocessConfig, as_bgr_uint8, check_image_list
 from .box_coder import BoxCoder
-from .boxes import padded_nms
+from .boxes import chunked_padded_nms
 from .config import ModelConfig, ResizePolicy
 from .model import RetinaFace, RetinaFaceOutput, fuse_conv_bn
 from .weights import load_model
@@ -169,11 +168,6 @@ class RetinaFacePostprocess:
         self.coder = BoxCoder(config.variance)
         self.nms_budget = nms_budget
 
-    def with_overrides(self, **overrides: float | int | None) -> PostprocessConfig:
-        """The config with the given non-``None`` fields replaced."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return dataclasses.replace(self.config, **given) if given else self.config
-
     @torch.inference_mode()
     def __call__(self, output: RetinaFaceOutput, input_size: tuple[int, int], scales: Tensor,
                  config: PostprocessConfig | None = None) -> list[Detections]:
@@ -203,23 +197,13 @@ class RetinaFacePostprocess:
         # NMS in original-image pixels, as the reference does: with the +1-pixel area convention the
         # IoU depends on the scale the boxes are expressed at.
         boxes = self.coder.decode_boxes(deltas, anchors) * inv
-        keep = self._nms(boxes, top_scores, valid, cfg)
+        keep = chunked_padded_nms(boxes, top_scores, valid, cfg.nms_threshold, plus_one=cfg.nms_plus_one,
+                                  budget=self.nms_budget)
         keep &= keep.cumsum(dim=1) <= cfg.keep_top_k
         ldeltas = torch.gather(output.landmark_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 10))
         landmarks = self.coder.decode_landmarks(ldeltas, anchors) * inv[..., None]
         return [Detections(boxes[b][keep[b]], top_scores[b][keep[b]], landmarks[b][keep[b]])
                 for b in range(batch_size)]
-
-    def _nms(self, boxes: Tensor, scores: Tensor, valid: Tensor, cfg: PostprocessConfig) -> Tensor:
-        b, k = scores.shape
-        per_chunk = max(1, self.nms_budget // max(1, k * k))
-        if per_chunk >= b:
-            return padded_nms(boxes, scores, valid, cfg.nms_threshold, plus_one=cfg.nms_plus_one)
-        return torch.cat([
-            padded_nms(boxes[i:i + per_chunk], scores[i:i + per_chunk], valid[i:i + per_chunk],
-                       cfg.nms_threshold, plus_one=cfg.nms_plus_one)
-            for i in range(0, b, per_chunk)
-        ])
 
 
 class Detector:
@@ -293,8 +277,8 @@ class Detector:
                nms_threshold: float | None = None, top_k: int | None = None,
                keep_top_k: int | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per input image (tensors on the model's device)."""
-        cfg = self.decoder.with_overrides(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                          top_k=top_k, keep_top_k=keep_top_k)
+        cfg = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
+                                               top_k=top_k, keep_top_k=keep_top_k)
         batch, scales, sizes = self.preprocess(images, resize=resize)
         output = self.forward(batch, sizes)
         return self.decoder(output, (batch.shape[2], batch.shape[3]), scales, cfg)

@@ -112,10 +112,6 @@ class OnnxRetinaFace:
             preset = None  # the export used it
         else:
             preset = spec.preset
-        if spec.threads:
-            import torch
-
-            torch.set_num_threads(int(spec.threads))  # the postprocessing, as the torch runtime does
         return cls.from_onnx(path, runtime=spec.runtime, precision=spec.precision, device=spec.device,
                              threads=spec.threads, resize=spec.resize, postprocess=spec.postprocess,
                              preset=preset)
@@ -128,7 +124,7 @@ class OnnxRetinaFace:
         from .model import RetinaFaceOutput
 
         # RetinaFaceInput hands out a channels_last view: the runtimes want contiguous NCHW
-        x = np.ascontiguousarray(batch.detach().float().cpu().contiguous().numpy())
+        x = batch.detach().float().cpu().contiguous().numpy()
         outputs = self.session.run(x)
         return RetinaFaceOutput(*(torch.from_numpy(np.asarray(outputs[i])) for i in self._order))
 
@@ -139,8 +135,8 @@ class OnnxRetinaFace:
         """Detect faces; one :class:`Detections` per input image (CPU tensors, original pixels)."""
         import torch
 
-        cfg = self.decoder.with_overrides(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                          top_k=top_k, keep_top_k=keep_top_k)
+        cfg = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
+                                               top_k=top_k, keep_top_k=keep_top_k)
         policy = self.resize if resize is None else ResizePolicy.parse(resize)
         batch, scales, sizes = self.inputs(images, policy)
         h, w = int(batch.shape[2]), int(batch.shape[3])

@@ -66,7 +66,6 @@ nose, left mouth corner, right mouth corner (image left first).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import tempfile
@@ -81,7 +80,7 @@ import torch
 from torch import Tensor
 
 from .api import Detections, PostprocessConfig, as_bgr_uint8, check_image_list
-from .boxes import padded_nms
+from .boxes import chunked_padded_nms
 from .config import ResizePolicy
 from .hub import CheckpointError
 from .onnx_session import OnnxSession, open_session
@@ -533,9 +532,8 @@ class SCRFDDetector:
                top_k: int | None = None, keep_top_k: int | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per image (torch CPU tensors, original pixels)."""
         check_image_list(images)
-        given = {k: v for k, v in dict(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                       top_k=top_k, keep_top_k=keep_top_k).items() if v is not None}
-        cfg = dataclasses.replace(self.postprocess_config, **given) if given else self.postprocess_config
+        cfg = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
+                                               top_k=top_k, keep_top_k=keep_top_k)
         policy = self.resize if resize is None else ResizePolicy.parse(resize)
 
         images = [as_bgr_uint8(img, i) for i, img in enumerate(images)]
@@ -595,18 +593,10 @@ class SCRFDDetector:
         boxes = boxes / sxy.repeat(1, 1, 2)
         kps = kps / sxy[:, :, None, :]
 
-        keep = self._nms(boxes, top, valid, cfg)
+        keep = chunked_padded_nms(boxes, top, valid, cfg.nms_threshold, plus_one=cfg.nms_plus_one,
+                                  budget=self.nms_budget)
         keep &= keep.cumsum(dim=1) <= cfg.keep_top_k
         return [Detections(boxes[b][keep[b]], top[b][keep[b]], kps[b][keep[b]]) for b in range(batch_size)]
-
-    def _nms(self, boxes: Tensor, scores: Tensor, valid: Tensor, cfg: PostprocessConfig) -> Tensor:
-        b, k = scores.shape
-        per_chunk = max(1, self.nms_budget // max(1, k * k))
-        return torch.cat([
-            padded_nms(boxes[i:i + per_chunk], scores[i:i + per_chunk], valid[i:i + per_chunk],
-                       cfg.nms_threshold, plus_one=cfg.nms_plus_one)
-            for i in range(0, b, per_chunk)
-        ])
 
     def __repr__(self) -> str:
         return (f"SCRFDDetector({self.weights.name}, runtime={self.runtime}, strides={self.layout.strides}, "

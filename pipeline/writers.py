@@ -18,6 +18,7 @@ its name in :data:`FORMATS`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -120,6 +121,7 @@ class CropWriter:
 
     dst: str
     layout: OutputLayout
+    crop_shape: tuple[int, int] = (112, 112)
     quality: int = 95
     durable: bool = False
 
@@ -160,7 +162,6 @@ class RecordIOCropWriter(FolderCropWriter):
     (:func:`pipeline.recordio.write_recordio_from_manifest`)."""
 
     name: ClassVar[str] = "recordio"
-    crop_shape: tuple[int, int] = (112, 112)
 
     def finalize(self) -> dict[str, Any] | None:
         from pipeline.recordio import write_recordio_from_manifest
@@ -277,10 +278,12 @@ FORMATS: dict[str, type[CropWriter]] = {w.name: w for w in (FolderCropWriter, Re
 
 def make_writer(format: str, *, dst: str | os.PathLike, layout: OutputLayout, quality: int, durable: bool,
                 crop_shape: tuple[int, int], **options: Any) -> CropWriter:
-    """The writer for ``format`` (a key of :data:`FORMATS`)."""
+    """The writer for ``format`` (a key of :data:`FORMATS`); ``options`` that the format has no
+    field for (``shard_bytes`` for a folder) are ignored."""
     try:
         cls = FORMATS[format]
     except KeyError:
         raise ValueError(f"unknown output format {format!r}; choose from {', '.join(FORMATS)}") from None
-    extra = {"crop_shape": tuple(crop_shape)} if cls is RecordIOCropWriter else {}
-    return cls(dst=str(dst), layout=layout, quality=int(quality), durable=durable, **extra, **options)
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(dst=str(dst), layout=layout, crop_shape=tuple(crop_shape), quality=int(quality), durable=durable,
+               **{k: v for k, v in options.items() if k in known})

@@ -180,9 +180,8 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
 def _run_locked(config: AlignJobConfig, spec: DetectorSpec, fingerprint: dict, inputs: list[str],
                 all_inputs: list[str], pending, t0: float) -> JobSummary:
     dst = config.dst
-    options = {"shard_bytes": config.shard_bytes} if config.format == "webdataset" else {}
     writer = make_writer(config.format, dst=dst.resolve(), layout=config.layout, quality=config.quality,
-                         durable=config.durable, crop_shape=config.align.crop_shape, **options)
+                         durable=config.durable, crop_shape=config.align.crop_shape, shard_bytes=config.shard_bytes)
     remove_temporaries(dst)
     writer.prepare(overwrite=config.overwrite)
     done, todo = pending()
