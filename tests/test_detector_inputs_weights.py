@@ -239,12 +239,15 @@ def test_cli_detect_never_loses_a_result_to_a_name_collision(tmp_path):
     for person in ("alex", "rose"):
         (tmp_path / "ids" / person).mkdir(parents=True)
         shutil.copy(photo, tmp_path / "ids" / person / "img1.jpg")
-    out = tmp_path / "det"
-    rc = cli_main(["detect", str(tmp_path / "ids/alex/img1.jpg"), str(tmp_path / "ids/rose/img1.jpg"),
-                   "--weights", str(asset(MOBILENET_WEIGHTS)), "--runtime", "torch", "--out", str(out)])
-    assert rc == 0
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == ["alex/img1.json", "rose/img1.json"]
-    assert json.loads((out / "rose/img1.json").read_text())["image"].endswith("rose/img1.jpg")
+    for draw in ([], ["--draw"]):
+        out = tmp_path / f"det{len(draw)}"
+        rc = cli_main(["detect", str(tmp_path / "ids/alex/img1.jpg"), str(tmp_path / "ids/rose/img1.jpg"),
+                       "--weights", str(asset(MOBILENET_WEIGHTS)), "--runtime", "torch", "--out", str(out), *draw])
+        assert rc == 0
+        written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        expected = ["alex/img1.json", "rose/img1.json"] + (["alex/img1.jpg", "rose/img1.jpg"] if draw else [])
+        assert written == sorted(expected)
+        assert json.loads((out / "rose/img1.json").read_text())["image"].endswith("rose/img1.jpg")
     shutil.copy(photo, tmp_path / "ids/alex/img1.png")
     clash = tmp_path / "clash"
     rc = cli_main(["detect", str(tmp_path / "ids/alex/img1.jpg"), str(tmp_path / "ids/alex/img1.png"),
