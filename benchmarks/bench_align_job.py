@@ -193,15 +193,21 @@ def run_loop(src: Path, dst: Path, weights: str, variant: str, limit: int | None
 
 
 def run_job(src: Path, dst: Path, weights: str, runtime: str, precision: str, detect_resize: str,
-            num_workers: int | None, batch_size: int | None, threads: int | None, decode: str) -> dict:
+            num_workers: int | None, batch_size: int | None, threads: int | None, decode: str,
+            recognizer: str | None = None) -> dict:
     from detector.spec import DetectorSpec
-    from pipeline.config import AlignConfig
     from pipeline.job import AlignJobConfig, run_align_job
+    from pipeline.job.config import job_align_defaults
+    from pipeline.verification.recognizer import IMAGENET_MEAN, IMAGENET_STD, OnnxRecognizerConfig, Preprocess
 
-    config = AlignJobConfig(src=src, dst=dst, align=AlignConfig(resize=detect_resize, on_error="record"),
+    # --recognizer: the identity pass with --select identity (MobileFaceNet's normalisation)
+    rec = None if recognizer is None else OnnxRecognizerConfig(
+        model=recognizer, preprocess=Preprocess(rgb=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    align = job_align_defaults(resize=detect_resize, **({"select": "identity"} if rec is not None else {}))
+    config = AlignJobConfig(src=src, dst=dst, align=align,
                             detector=DetectorSpec(weights=weights, runtime=runtime, precision=precision),
                             num_workers=num_workers, batch_size=batch_size, threads=threads, decode=decode,
-                            progress=False)
+                            recognizer=rec, progress=False)
     t0 = time.perf_counter()
     summary = run_align_job(config)
     end_to_end = time.perf_counter() - t0
@@ -303,13 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="job and matched loops: detector precision (bf16: openvino)")
     p.add_argument("--detect-resize", default=None, metavar="POLICY",
-                   help="job and matched loops: detector input size, AlignConfig.resize (default: AlignConfig's, "
-                        "cap:1024)")
+                   help="job and matched loops: detector input size (default: the job's, long:640)")
     p.add_argument("--num-workers", type=int, help="job: detector actors (default: the job's plan)")
     p.add_argument("--batch-size", type=int, help="job: largest chunk (default: the job's plan)")
     p.add_argument("--threads", "--torch-threads", dest="threads", type=int,
                    help="job: intra-op threads per actor (default: the job's plan)")
     p.add_argument("--decode", choices=("auto", "tasks", "actors"), default="auto", help="job: where to decode")
+    p.add_argument("--recognizer", help="job: also run the identity pass with this ArcFace ONNX (MobileFaceNet "
+                                        "normalisation) and --select identity")
     p.add_argument("--no-half", action="store_true", help="skip the half-size job run (memory check)")
     p.add_argument("--sample-s", type=float, default=5.0, help="seconds between memory samples")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -319,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     weights = args.weights or str(asset(MOBILENET_WEIGHTS))
     if args.detect_resize is None:
-        from pipeline.config import AlignConfig
+        from pipeline.job.config import JOB_RESIZE
 
-        args.detect_resize = AlignConfig().resize.to_string()
+        args.detect_resize = JOB_RESIZE
 
     if args.mode == "loop":
         print(json.dumps(run_loop(args.src, args.dst, weights, args.loops[0], args.limit, args.runtime,
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.mode == "job":
         print(json.dumps(run_job(args.src, args.dst, weights, args.runtime, args.precision, args.detect_resize,
-                                 args.num_workers, args.batch_size, args.threads, args.decode)))
+                                 args.num_workers, args.batch_size, args.threads, args.decode, args.recognizer)))
         return 0
 
     cycle = len(source_photos())
@@ -337,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                      "settings": {"runtime": args.runtime, "precision": args.precision,
                                   "detect_resize": args.detect_resize, "weights": Path(weights).name,
                                   "num_workers": args.num_workers, "batch_size": args.batch_size,
-                                  "threads": args.threads, "decode": args.decode},
+                                  "threads": args.threads, "decode": args.decode, "recognizer": args.recognizer},
                      "load_avg_start": os.getloadavg(), "loops": {}, "jobs": []}
     with tempfile.TemporaryDirectory(prefix="bench_align_job_") as tmp:
         tmp = Path(tmp)
@@ -347,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         base = [sys.executable, str(Path(__file__).resolve())]
         extra = [f"--weights={weights}", f"--decode={args.decode}", f"--runtime={args.runtime}",
                  f"--precision={args.precision}", f"--detect-resize={args.detect_resize}"]
-        for flag in ("num_workers", "batch_size", "threads"):
+        for flag in ("num_workers", "batch_size", "threads", "recognizer"):
             if getattr(args, flag) is not None:
                 extra.append(f"--{flag.replace('_', '-')}={getattr(args, flag)}")
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,35 @@ def project_runtime_env() -> dict[str, Any]:
 
     dirs = [p for pkg in (common, detector, pipeline) for p in pkg.__path__ if Path(p).is_dir()]
     return {"py_modules": dirs}
+
+
+# What Ray's C++ core writes straight to this process's stderr while ray.init starts it, and what
+# the console is spared of: the notice that RAY_BACKEND_LOG_LEVEL was read (ray_session sets it to
+# keep the core's own warnings, e.g. about actor restarts, off the console). The core logs it before
+# its loggers are set up, so neither that level nor ray.init's logging options reach it.
+_KNOWN_NOTICES = ("Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL",)
+
+
+@contextlib.contextmanager
+def _without_known_notices() -> Iterator[None]:
+    """Route file descriptor 2 to a temporary file for the block, then write back to the real
+    stderr every line except :data:`_KNOWN_NOTICES` (anything unexpected still shows)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = [line for line in lines if not any(notice in line for notice in _KNOWN_NOTICES)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager
@@ -56,10 +87,12 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
         kwargs["runtime_env"] = project_runtime_env()
     elif num_cpus is not None:
         kwargs["num_cpus"] = int(num_cpus)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), (contextlib.nullcontext() if verbose else _without_known_notices()):
         if not verbose:
             warnings.simplefilter("ignore")
-        ray.init(address=address, **kwargs)
+        # "local": a new local Ray even when a `ray start` cluster runs on this machine (ray.init()
+        # without an address would join that one)
+        ray.init(address=address or "local", **kwargs)
     try:
         if not verbose:
             from ray.data import DataContext

@@ -220,13 +220,21 @@ class DetectorSpec:
                 f"runtime {self.runtime!r} on {_device_type(self.device)} does not support precision "
                 f"{self.precision!r}; supported: {', '.join(supported)}")
 
-    def check(self) -> "DetectorSpec":
+    def check(self, *, load: bool = False) -> "DetectorSpec":
         """The cheap check before any work (no torch, no model): returns :meth:`resolved`, and
-        for checkpoint and ONNX files reads enough of the file to refuse one of the wrong kind."""
+        for checkpoint and ONNX files reads enough of the file to refuse one of the wrong kind.
+
+        ``load=True`` also builds the detector once in a child process (this process still never
+        imports torch), which refuses a truncated file or weights that do not fit the preset; a
+        success is remembered per weights content (:func:`detector.probe.check_build`)."""
         spec = self.resolved()
         from .onnx_models import check_weights_file  # no torch
 
         check_weights_file(Path(spec.weights), family=spec.family)
+        if load:
+            from .probe import check_build
+
+            check_build(spec)
         return spec
 
     def build(self) -> FaceDetector:

@@ -61,6 +61,13 @@ FORMAT = "faceprep.retinaface/1"
 
 
 def _torch_load(path: Path) -> Any:
+    from .onnx_models import _looks_like_torch  # no torch: the file's format markers
+
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if not _looks_like_torch(path):  # not a torch file at all: say so, not what the unpickler guesses
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({path.stat().st_size} bytes; neither "
+                              "torch's zip nor its legacy format)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -107,6 +114,8 @@ def _check_keys(model: nn.Module, state: Mapping[str, Any], path: Path, config: 
         return
     looks = backbone_of_checkpoint(state)
     hint = f"the file looks like a {looks} RetinaFace" if looks else "the file does not look like a RetinaFace"
+    if looks is not None and looks != config.backbone:  # the usual mistake: the wrong --preset
+        hint += f": pass --preset {looks} or leave the preset unset"
 
     def _list(items: list[str]) -> str:
         return ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")

@@ -8,9 +8,9 @@
 ``summary.json`` and ``job.json``. Rerunning the same command resumes; ``--overwrite`` redoes
 everything. ``--demo`` first builds a small ``raw/`` from photos shipped with scikit-image and insightface.
 
-Exit codes: 0 every photo has an ok/no_face record; 2 nothing done (bad arguments, missing
+Exit codes: 0 every photo has an ok/no_face/filtered record; 2 nothing done (bad arguments, missing
 source or weights, dst made with other settings); 3 finished, but some photos failed (their
-manifest records have "status": "error").
+manifest records have "status": "error"); 75 stopped after losing a Ray node (rerun to resume).
 """
 
 from __future__ import annotations
@@ -29,11 +29,15 @@ except ImportError:  # running from a plain checkout
 from common.fsio import atomic_write_text
 from detector.spec import add_detector_arguments, spec_from_args
 from pipeline.config import AlignConfig
+from pipeline.curation.quality import QualityFilter
+from pipeline.curation.identity import OutlierRule
 from pipeline.job import EXIT_USAGE, AlignJobConfig, JobConfigError, run_align_job
+from pipeline.job.config import EXIT_NODE_LOST, JOB_MIN_SCORE, JOB_RESIZE, JOB_SELECT
+from pipeline.job.nodes import NodeLostError
+from pipeline.verification.recognizer import ARCFACE_MEAN, ARCFACE_STD, OnnxRecognizerConfig, Preprocess, parse_triplet
 from pipeline.writers import FORMATS
 
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
-DEFAULT_RESIZE = "cap:1024"
 
 EPILOG = """\
 examples:
@@ -45,9 +49,10 @@ examples:
 weights: --weights, else $FACEPREP_WEIGHTS (a file or a folder holding it), else the cache
 ($FACEPREP_CACHE or ~/.cache/faceprep), else a download.
 
-exit codes: 0 all photos ok or no_face; 2 nothing done (usage, missing src/weights, settings
+exit codes: 0 all photos ok, no_face or filtered; 2 nothing done (usage, missing src/weights, settings
 differ from the existing dst: use --overwrite); 3 finished but some photos failed (their
-manifest records say "status": "error"); 130 interrupted (rerun to resume).
+manifest records say "status": "error"); 75 a Ray node died and the job stalled (rerun to
+resume on the nodes left); 130 interrupted (rerun to resume).
 """
 
 
@@ -75,10 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     al = p.add_argument_group("detection and alignment")
     al.add_argument("--size", type=int, default=112, help="crop side: a multiple of 112 or 128 (default 112)")
-    al.add_argument("--select", choices=("largest", "center", "central", "score", "all"), default="largest",
-                    help="which face of a photo: largest box, center (largest near the centre), "
-                         "score (most confident), or all (one crop per face) (default largest)")
-    al.add_argument("--min-score", type=float, default=0.5, help="minimum detection score (default 0.5)")
+    al.add_argument("--select", choices=("largest", "center", "central", "score", "all", "identity"),
+                    default=JOB_SELECT,
+                    help="which face of a photo: largest box, central (area minus twice the squared offset "
+                         "from the photo's centre; 'center' is the same), score (most confident), all (one "
+                         "crop per face), or identity (nearest to the identity's centre; needs --recognizer) "
+                         f"(default {JOB_SELECT}: the best choice of the LFW study, see the README)")
+    al.add_argument("--min-score", type=float, default=JOB_MIN_SCORE,
+                    help=f"minimum detection score (default {JOB_MIN_SCORE}, from the LFW study)")
     al.add_argument("--min-face-size", type=float, default=0.0,
                     help="minimum shorter box side in photo pixels (default 0)")
     al.add_argument("--on-no-face", choices=("skip", "center-crop"), default="skip",
@@ -86,7 +95,48 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--exact", action="store_true",
                     help="decode every photo at full size: crops bit-identical to norm_crop of the detections "
                          "(default: JPEGs the detector shrinks 2x or more are decoded as faster drafts)")
-    add_detector_arguments(p, resize_default=DEFAULT_RESIZE, device_default="auto", precision_default="auto")
+    add_detector_arguments(p, resize_default=JOB_RESIZE, device_default="auto", precision_default="auto")
+
+    cu = p.add_argument_group(
+        "curation: given landmarks, quality filters",
+        "Every face gets quality measures in the manifest (box_size, eye_distance, yaw/pitch/roll, sharpness, "
+        "brightness; see pipeline/curation/quality.py). A filter decides which faces may be selected; a photo "
+        "whose faces all fail gets the status 'filtered' with the reasons, and no crop. Filters are off by default.")
+    cu.add_argument("--landmarks", type=Path, metavar="FILE",
+                    help="CSV 'path,x0,y0,x1,y1,x2,y2,x3,y3,x4,y4' (path relative to --src; left eye, right eye, "
+                         "nose, left and right mouth corners, image left first, in photo pixels): listed photos are "
+                         "aligned from these points without detection")
+    cu.add_argument("--landmarks-only", action="store_true",
+                    help="process only the photos --landmarks lists (default: detect the others)")
+    cu.add_argument("--min-eye-distance", type=float, metavar="PX", help="inter-ocular distance >= PX photo pixels")
+    cu.add_argument("--min-box-size", type=float, metavar="PX", help="sqrt(box area) >= PX photo pixels")
+    cu.add_argument("--max-yaw", type=float, metavar="DEG", help="|yaw| <= DEG degrees (head turned left/right)")
+    cu.add_argument("--max-pitch", type=float, metavar="DEG", help="|pitch| <= DEG degrees (head tilted up/down)")
+    cu.add_argument("--max-roll", type=float, metavar="DEG", help="|roll| <= DEG degrees (head tilted in the image)")
+    cu.add_argument("--min-sharpness", type=float, metavar="V",
+                    help="variance of the Laplacian of the grey 112x112 crop >= V")
+    cu.add_argument("--min-brightness", type=float, metavar="V", help="mean grey of the 112x112 crop >= V (0-255)")
+    cu.add_argument("--max-brightness", type=float, metavar="V", help="mean grey of the 112x112 crop <= V (0-255)")
+
+    ic = p.add_argument_group("identity consistency (top-level folder = identity)")
+    ic.add_argument("--recognizer", type=Path, metavar="MODEL.onnx",
+                    help="ArcFace-style ONNX recogniser: embed every candidate face, record each photo's cosine "
+                         "distance to its identity's centre and outliers; writes embeddings.npy + "
+                         "embeddings_index.jsonl")
+    ic.add_argument("--rgb", action="store_true", help="the recogniser takes RGB (default BGR)")
+    ic.add_argument("--mean", default=",".join(map(str, ARCFACE_MEAN)),
+                    help="recogniser per-channel mean in [0,1] units, model channel order (default 0.5,0.5,0.5)")
+    ic.add_argument("--std", default=",".join(map(str, ARCFACE_STD)),
+                    help="recogniser per-channel std in [0,1] units (default 0.5,0.5,0.5)")
+    rule = OutlierRule()
+    ic.add_argument("--outlier-k", type=float, default=rule.k,
+                    help=f"outlier: distance > median + K * 1.4826 * MAD of the folder (default {rule.k})")
+    ic.add_argument("--outlier-floor", type=float, default=rule.floor,
+                    help=f"outlier: that threshold is at least this distance (default {rule.floor})")
+    ic.add_argument("--outlier-min-photos", type=int, default=rule.min_photos,
+                    help=f"outlier: folders with fewer photos use --outlier-fixed (default {rule.min_photos})")
+    ic.add_argument("--outlier-fixed", type=float, default=rule.fixed,
+                    help=f"outlier: the distance threshold of small folders (default {rule.fixed})")
 
     rs = p.add_argument_group("resources (defaults from what Ray sees)")
     rs.add_argument("--batch-size", type=int, help="photos per actor call at most, and per detector call on "
@@ -100,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
     rs.add_argument("--durable", action="store_true", help="fsync every output and manifest line")
     rs.add_argument("--verbose", action="store_true", help="show Ray's own log lines and warnings")
+    rs.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
+                    help="after a Ray node dies, stop (exit 75, rerun to resume) once no photo has finished "
+                         "for S seconds (default 120)")
     rs.add_argument("--summary-json", type=Path, help="also write the summary to this file")
     return p
 
@@ -111,12 +164,28 @@ def config_from_args(args: argparse.Namespace) -> AlignJobConfig:
         on_error="record",
     )
     detector = spec_from_args(args, device="cpu" if args.device == "auto" else args.device)
+    quality_filter = QualityFilter(
+        min_eye_distance=args.min_eye_distance, min_box_size=args.min_box_size, max_yaw=args.max_yaw,
+        max_pitch=args.max_pitch, max_roll=args.max_roll, min_sharpness=args.min_sharpness,
+        min_brightness=args.min_brightness, max_brightness=args.max_brightness,
+    )
+    recognizer = None
+    if args.recognizer is not None:
+        recognizer = OnnxRecognizerConfig(
+            model=args.recognizer,
+            preprocess=Preprocess(rgb=args.rgb, mean=parse_triplet(args.mean, what="--mean"),
+                                  std=parse_triplet(args.std, what="--std")),
+        )
+    outlier = OutlierRule(k=args.outlier_k, floor=args.outlier_floor, min_photos=args.outlier_min_photos,
+                          fixed=args.outlier_fixed)
     return AlignJobConfig(
         src=args.src, dst=args.dst, align=align, device=args.device, detector=detector, on_no_face=args.on_no_face,
         exact=args.exact, ext=args.ext, quality=args.quality, format=args.format, shard_bytes=args.shard_bytes,
         batch_size=args.batch_size, num_workers=args.num_workers, threads=args.threads, limit=args.limit,
         dry_run=args.dry_run, overwrite=args.overwrite, address=args.address, progress=not args.no_progress,
-        durable=args.durable, decode=args.decode, verbose=args.verbose,
+        durable=args.durable, decode=args.decode, verbose=args.verbose, recognizer=recognizer, outlier=outlier,
+        stall_timeout_s=args.stall_timeout,
+        landmarks=args.landmarks, landmarks_only=args.landmarks_only, quality_filter=quality_filter,
     )
 
 
@@ -142,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except JobConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except NodeLostError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NODE_LOST
     except KeyboardInterrupt:
         print("\ninterrupted: finished photos are recorded; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

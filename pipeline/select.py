@@ -7,6 +7,9 @@ Modes (each is an ordering; ``max_faces`` then keeps the first ones):
   box centre from the image centre, ``area - 2.0 * offset_dist_squared``, highest first.
 * ``"score"``: detector confidence, highest first.
 * ``"all"``: every face, in the detector's order (confidence, highest first).
+* ``"identity"``: the face nearest to its identity's centre, smallest ``distances`` first (the
+  align job's ``--select identity``: per-face cosine distances from its recogniser pass; faces
+  with a NaN distance come last). Needs ``distances``.
 
 Ties keep the detector's order (stable sort), so ``max_faces=1`` picks exactly what
 ``np.argmax`` of the key picks (facenet's behaviour).
@@ -23,8 +26,8 @@ import numpy as np
 
 __all__ = ["SELECT_MODES", "SelectMode", "default_max_faces", "selection_key", "select_faces"]
 
-SelectMode = Literal["largest", "central", "score", "all"]
-SELECT_MODES: tuple[str, ...] = ("largest", "central", "score", "all")
+SelectMode = Literal["largest", "central", "score", "all", "identity"]
+SELECT_MODES: tuple[str, ...] = ("largest", "central", "score", "all", "identity")
 
 
 def default_max_faces(mode: str) -> int | None:
@@ -33,7 +36,7 @@ def default_max_faces(mode: str) -> int | None:
 
 
 def selection_key(boxes: np.ndarray, scores: np.ndarray, image_shape: tuple[int, ...],
-                  mode: str) -> np.ndarray:
+                  mode: str, *, distances: np.ndarray | None = None) -> np.ndarray:
     """The per-face ``[K]`` float64 key that ``mode`` sorts by (descending).
 
     Args:
@@ -41,8 +44,16 @@ def selection_key(boxes: np.ndarray, scores: np.ndarray, image_shape: tuple[int,
         scores: ``[K]`` confidences.
         image_shape: the image's shape (``(H, W, ...)``), used by ``"central"``.
         mode: one of :data:`SELECT_MODES`.
+        distances: ``[K]`` per-face distances to the identity's centre (``"identity"`` only).
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if mode == "identity":
+        if distances is None:
+            raise ValueError("selection mode 'identity' needs per-face distances (the align job's --recognizer)")
+        d = np.asarray(distances, dtype=np.float64).reshape(-1)
+        if d.shape[0] != b.shape[0]:
+            raise ValueError(f"{b.shape[0]} boxes but {d.shape[0]} distances")
+        return np.where(np.isfinite(d), -d, -np.inf)
     if mode == "largest":
         return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     if mode == "central":
@@ -60,7 +71,7 @@ def selection_key(boxes: np.ndarray, scores: np.ndarray, image_shape: tuple[int,
 
 def select_faces(boxes: np.ndarray, scores: np.ndarray, *, image_shape: tuple[int, ...],
                  mode: str = "largest", min_score: float = 0.0, min_face_size: float = 0.0,
-                 max_faces: int | None = None) -> np.ndarray:
+                 max_faces: int | None = None, distances: np.ndarray | None = None) -> np.ndarray:
     """Indices of the faces to keep, in selection order.
 
     Args:
@@ -72,6 +83,7 @@ def select_faces(boxes: np.ndarray, scores: np.ndarray, *, image_shape: tuple[in
         min_face_size: keep faces whose shorter box side is ``>= min_face_size`` pixels.
         max_faces: keep at most this many (>= 1); ``None``: :func:`default_max_faces` of ``mode``
             (1 for the single-face modes, no limit for ``"all"``).
+        distances: ``[K]`` per-face distances, for ``mode="identity"``.
 
     Returns:
         ``[M]`` int64 indices into ``boxes``/``scores`` (M <= K, possibly 0).
@@ -90,7 +102,8 @@ def select_faces(boxes: np.ndarray, scores: np.ndarray, *, image_shape: tuple[in
     keep = np.flatnonzero((s >= min_score) & (side >= min_face_size))
     if keep.size == 0:
         return keep.astype(np.int64)
-    key = selection_key(b[keep], s[keep], image_shape, mode)
+    key = selection_key(b[keep], s[keep], image_shape, mode,
+                        distances=None if distances is None else np.asarray(distances).reshape(-1)[keep])
     order = np.argsort(-key, kind="stable")
     chosen = keep[order]
     if max_faces is not None:

@@ -18,6 +18,7 @@ import pytest
 
 from detector.spec import DetectorSpec
 from pipeline.config import AlignConfig
+from pipeline.job.config import job_align_defaults
 from pipeline.job import (
     EXIT_FILES_FAILED,
     EXIT_OK,
@@ -41,11 +42,12 @@ from tests.shared import asset
 REPO = Path(__file__).resolve().parents[1]
 DEEPFACE = "verification/deepface"
 META_FILES = {"manifest.jsonl", "summary.json", "job.json", "identities.tsv", "train.rec", "train.idx", "property",
-              ".align-job.lock"}
+              ".align-job.lock", "report.html"}
 
 
-def _output_files(dst: Path) -> set[str]:
-    return {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()} - META_FILES
+def _output_files(dst: Path) -> set[str]:  # crops only: not the report's report_files/
+    return {p.relative_to(dst).as_posix() for p in dst.rglob("*")
+            if p.is_file() and p.relative_to(dst).parts[0] != "report_files"} - META_FILES
 
 
 def _imread(path: Path) -> np.ndarray | None:
@@ -338,13 +340,13 @@ def test_deepface_crops_equal_the_aligner_stage_photo_by_photo(tmp_path, ray_ses
     dst = tmp_path / "aligned"
     summary = run_align_job(_config(src, dst, mobilenet_weights, ext="png", batch_size=8, exact=True))
     assert summary.exit_code == EXIT_OK
-    assert summary.counts == {"ok": 62, "no_face": 0, "error": 0}
+    assert summary.counts == {"ok": 62, "no_face": 0, "filtered": 0, "error": 0}
     records = {r["src"]: r for r in _manifest_lines(dst)}
     assert sorted(records) == photos
     assert _output_files(dst) == {Path(p).with_suffix(".png").as_posix() for p in photos}
 
     aligner = FaceAligner(detector=DetectorSpec(weights=str(mobilenet_weights), runtime="torch").build(),
-                          config=AlignConfig())
+                          config=job_align_defaults())
     worst = 0
     for rel in photos:
         rec = records[rel]
@@ -433,7 +435,7 @@ def test_bad_files_get_error_records_and_the_exit_code_says_so(bad_tree_run):
     assert records["person a/img 1.png"]["outputs"] == ["person a/img 1.png_0.jpg"]
     assert _output_files(dst) == {o for r in records.values() for o in r["outputs"]}
     summary = json.loads((dst / "summary.json").read_text())
-    assert summary["counts"] == {"ok": 6, "no_face": 1, "error": 5} and summary["exit_code"] == 3
+    assert summary["counts"] == {"ok": 6, "no_face": 1, "filtered": 0, "error": 5} and summary["exit_code"] == 3
 
 
 @pytest.mark.slow
@@ -567,7 +569,7 @@ def test_webdataset_shards_read_back_and_a_killed_run_resumes_without_duplicates
     assert sorted(by_src) == rels
     outputs = {o for r in records for o in r["outputs"]}
     assert {f"shards/{Path(s['__url__']).name}#{s['__key__']}" for s in samples} == outputs
-    aligner = FaceAligner(detector=detector, config=AlignConfig())
+    aligner = FaceAligner(detector=detector, config=job_align_defaults())
     for rel in rels[::7]:
         sample = by_src[rel]
         assert sample["json"]["label"] == int(rel[2]) and sample["json"]["identity"] == rel.split("/")[0]
@@ -666,7 +668,7 @@ def test_a_detector_actor_killed_mid_job_is_replaced_and_nothing_is_lost(tmp_pat
     worker.join(timeout=300)
     assert not worker.is_alive(), "the job hung after losing an actor"
     summary = outcome["summary"]
-    assert summary.exit_code == EXIT_OK and summary.counts == {"ok": len(rels), "no_face": 0, "error": 0}
+    assert summary.exit_code == EXIT_OK and summary.counts == {"ok": len(rels), "no_face": 0, "filtered": 0, "error": 0}
     records = _manifest_lines(dst)
     assert [r["src"] for r in records] == rels  # exactly one final record per input
     assert _output_files(dst) == {Path(r).with_suffix(".jpg").as_posix() for r in rels}

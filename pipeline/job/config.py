@@ -9,26 +9,45 @@ from pathlib import Path
 from typing import Any, Literal
 
 from detector.spec import DetectorSpec
-from pipeline.config import AlignConfig
+from pipeline.config import STUDY_MIN_SCORE, STUDY_RESIZE, STUDY_SELECT, AlignConfig
+from pipeline.curation.quality import QualityFilter
+from pipeline.curation.identity import OutlierRule
+from pipeline.verification.recognizer import OnnxRecognizerConfig
 from pipeline.writers import FORMATS, OutputLayout
 
 __all__ = [
     "AlignJobConfig", "EXIT_FILES_FAILED", "EXIT_OK", "EXIT_USAGE", "JobConfigError", "IDENTITIES_NAME",
     "JOB_NAME", "LOCK_NAME", "MANIFEST_NAME", "SUMMARY_NAME", "STATUSES", "STATUS_ERROR", "STATUS_NO_FACE",
-    "STATUS_OK", "DONE_STATUSES",
+    "STATUS_OK", "DONE_STATUSES", "STATUS_FILTERED", "EXIT_NODE_LOST",
 ]
 
+# The job's face choice and detector input size: the LFW study's (see pipeline.config).
+JOB_SELECT, JOB_MIN_SCORE, JOB_RESIZE = STUDY_SELECT, STUDY_MIN_SCORE, STUDY_RESIZE
+
+
+def job_align_defaults(**overrides: Any) -> AlignConfig:
+    """The align job's :class:`AlignConfig` (see :data:`JOB_SELECT`), with ``overrides``."""
+    fields = dict(on_error="record", select=JOB_SELECT, min_score=JOB_MIN_SCORE, resize=JOB_RESIZE)
+    fields.update(overrides)
+    return AlignConfig(**fields)
+
+
 STATUS_OK, STATUS_NO_FACE, STATUS_ERROR = "ok", "no_face", "error"
-STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)
-DONE_STATUSES = frozenset({STATUS_OK, STATUS_NO_FACE})
+STATUS_FILTERED = "filtered"
+"""Faces were found, but every one failed the quality filter (the record's ``"filtered"`` says why)."""
+STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_FILTERED, STATUS_ERROR)
+DONE_STATUSES = frozenset({STATUS_OK, STATUS_NO_FACE, STATUS_FILTERED})
 
 EXIT_OK = 0
-"""Every input has an ``ok`` or ``no_face`` record."""
+"""Every input has an ``ok``, ``no_face`` or ``filtered`` record."""
 EXIT_USAGE = 2
 """Nothing was processed: bad arguments, missing ``src`` or weights, an unusable detector, or a
 ``dst`` made with different settings (rerun with ``--overwrite``)."""
 EXIT_FILES_FAILED = 3
 """The job finished, but some inputs have ``error`` records (see the manifest)."""
+EXIT_NODE_LOST = 75
+"""Stopped: a Ray node died and no photo finished for ``stall_timeout_s`` since (sysexits'
+EX_TEMPFAIL). Finished photos are recorded; rerun the same command to resume."""
 
 MANIFEST_NAME = "manifest.jsonl"
 SUMMARY_NAME = "summary.json"
@@ -43,7 +62,7 @@ class JobConfigError(ValueError):
 
 # Fields that decide the outputs; everything else (resources, progress, ...) may change between
 # a run and its resume. The fingerprint is derived from these names, never hand-copied values.
-_OUTPUT_FIELDS = ("on_no_face", "ext", "quality", "format", "exact")
+_OUTPUT_FIELDS = ("on_no_face", "ext", "quality", "format", "exact", "landmarks_only")
 _ALIGN_RUNTIME_FIELDS = frozenset({"on_error"})  # how errors surface, not what the outputs are
 
 
@@ -80,11 +99,23 @@ class AlignJobConfig:
         durable: fsync outputs and manifest lines (survive power loss, not only kills).
         decode: where photos are decoded, see :func:`pipeline.job.plan.plan_workers`.
         verbose: show Ray's own log lines and warnings.
+        stall_timeout_s: after a Ray node dies, stop (:data:`EXIT_NODE_LOST`) once no photo has
+            finished for this long (see :func:`pipeline.job.nodes.watch_progress`).
+        landmarks: a CSV of given landmarks (:mod:`pipeline.curation.landmarks`): its photos are
+            aligned from those points, without detection (``None``: detect every photo).
+        landmarks_only: process only the photos ``landmarks`` lists (the others get no record).
+        quality_filter: which faces may be selected (:class:`pipeline.curation.QualityFilter`,
+            default: every rule off); a photo whose faces all fail gets the status ``filtered``.
+        recognizer: an ArcFace-style ONNX recogniser (``None``: no identity pass). With it the
+            job embeds every candidate face, builds each identity's centre and records identity
+            distances and outliers (see :mod:`pipeline.job.identity`); ``align.select ==
+            "identity"`` needs it.
+        outlier: the identity outlier rule (:class:`pipeline.curation.identity.OutlierRule`).
     """
 
     src: Path
     dst: Path
-    align: AlignConfig = field(default_factory=lambda: AlignConfig(on_error="record"))
+    align: AlignConfig = field(default_factory=job_align_defaults)
     detector: DetectorSpec = field(default_factory=lambda: DetectorSpec(precision="auto"))
     on_no_face: Literal["skip", "center-crop"] = "skip"
     exact: bool = False
@@ -104,6 +135,12 @@ class AlignJobConfig:
     durable: bool = False
     decode: Literal["auto", "tasks", "actors"] = "auto"
     verbose: bool = False
+    stall_timeout_s: float = 120.0
+    landmarks: Path | None = None
+    landmarks_only: bool = False
+    quality_filter: QualityFilter = field(default_factory=QualityFilter)
+    recognizer: OnnxRecognizerConfig | None = None
+    outlier: OutlierRule = field(default_factory=OutlierRule)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", Path(self.src))
@@ -134,6 +171,20 @@ class AlignJobConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.decode not in ("auto", "tasks", "actors"):
             raise ValueError(f"decode must be 'auto', 'tasks' or 'actors', got {self.decode!r}")
+        if not float(self.stall_timeout_s) > 0:
+            raise ValueError(f"stall_timeout_s must be > 0, got {self.stall_timeout_s}")
+        if self.landmarks is not None:
+            object.__setattr__(self, "landmarks", Path(self.landmarks))
+        if self.landmarks_only and self.landmarks is None:
+            raise ValueError("landmarks_only needs a landmarks file (--landmarks FILE)")
+        if not isinstance(self.quality_filter, QualityFilter):
+            raise TypeError(f"quality_filter must be a QualityFilter, got {type(self.quality_filter).__name__}")
+        if self.recognizer is not None and not isinstance(self.recognizer, OnnxRecognizerConfig):
+            raise TypeError(f"recognizer must be an OnnxRecognizerConfig, got {type(self.recognizer).__name__}")
+        if not isinstance(self.outlier, OutlierRule):
+            raise TypeError(f"outlier must be an OutlierRule, got {type(self.outlier).__name__}")
+        if self.align.select == "identity" and self.recognizer is None:
+            raise ValueError("select 'identity' needs a recogniser (--recognizer MODEL.onnx)")
 
     @property
     def layout(self) -> OutputLayout:
@@ -153,4 +204,26 @@ class AlignJobConfig:
             **align,
             **{name: getattr(self, name) for name in _OUTPUT_FIELDS},
             "detector": detector.fingerprint(),
+            "quality_filter": self.quality_filter.to_dict(),
+            "landmarks": self._landmarks_fingerprint(),
+            "recognizer": self._recognizer_fingerprint(),
         }
+
+    def _landmarks_fingerprint(self) -> str | None:
+        """sha256 of the landmarks file (its content, not its name, decides the outputs)."""
+        if self.landmarks is None:
+            return None
+        import hashlib
+
+        try:
+            with open(self.landmarks, "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as e:
+            raise JobConfigError(f"cannot read landmarks file {self.landmarks}: {e.strerror or e}") from e
+
+    def _recognizer_fingerprint(self) -> dict[str, Any] | None:
+        if self.recognizer is None:
+            return None
+        from pipeline.job.identity import recognizer_fingerprint
+
+        return {**recognizer_fingerprint(self.recognizer), "outlier": self.outlier.to_json()}

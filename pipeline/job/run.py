@@ -32,12 +32,19 @@ from common.fsio import atomic_write_text, remove_temporaries
 from common.ray_init import ray_session
 from detector.hub import CheckpointError
 from detector.spec import DetectorSpec
+from pipeline.curation.landmarks import GivenLandmarks, LandmarksFileError, read_landmarks_csv
 from pipeline.job.config import JOB_NAME, LOCK_NAME, MANIFEST_NAME, STATUSES, SUMMARY_NAME, AlignJobConfig, JobConfigError
+from pipeline.job.identity import (
+    FaceEmbedPredictor, IdentityCropPredictor, actor_recognizer, check_recognizer, identity_summary,
+    prepare_identities,
+)
+from pipeline.job.nodes import NODE_COLUMN, keep_node, tag_node, watch_progress
 from pipeline.job.plan import TASKS_IN_FLIGHT_PER_ACTOR, JobPlan
 from pipeline.job.resume import check_fingerprint, check_paths, done_inputs, exclusive, final_counts, list_inputs
 from pipeline.job.stages import FaceCropPredictor, read_images, write_crops
 from pipeline.job.summary import JobSummary, RunStats, make_summary
 from pipeline.manifest import ManifestWriter, compact_manifest
+from pipeline.report import ReportConfig, ReportError, build_report
 from pipeline.writers import CropWriter, OutputLayout, make_writer
 
 __all__ = ["check_detector", "run_align_job"]
@@ -45,20 +52,36 @@ __all__ = ["check_detector", "run_align_job"]
 log = logging.getLogger(__name__)
 
 
-def check_detector(spec: DetectorSpec) -> DetectorSpec:
+def check_detector(spec: DetectorSpec, *, load: bool = False) -> DetectorSpec:
     """The spec resolved and checked in the driver (no torch): a missing or wrong weights file,
-    or a runtime that is not installed, is a :class:`JobConfigError` before anything starts."""
+    or a runtime that is not installed, is a :class:`JobConfigError` before anything starts.
+    ``load=True``: the detector is also built once in a child process (a truncated checkpoint,
+    weights that do not fit the preset), remembered per weights content (:mod:`detector.probe`)."""
     try:
-        return spec.check()
+        spec = spec.check()
     except CheckpointError as e:
         raise JobConfigError(
             f"detector not usable: {e}. With the file at hand, pass --weights PATH or set FACEPREP_WEIGHTS "
             "to the folder that holds it."
         ) from e
+    if load:
+        from detector.probe import check_build
+
+        try:
+            check_build(spec)
+        except CheckpointError as e:
+            raise JobConfigError(f"detector not usable: {str(e).rstrip('.')}") from e
+    return spec
 
 
 def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan: JobPlan, spec: DetectorSpec,
-                   writer: CropWriter):
+                   writer: CropWriter | None, *, identity: dict[str, str] | None = None,
+                   given: GivenLandmarks | None = None):
+    """The crop pass (read -> detect-align actors -> write); with ``writer=None`` the embedding
+    pass of ``--recognizer`` (read -> detect-align-embed actors; no write stage). ``identity``:
+    per-photo JSON of the identity pass, shipped with the names (:mod:`pipeline.job.identity`).
+    ``given``: the ``--landmarks`` points, shipped with the names of the photos they list (80 bytes
+    each; the actors then skip detection for those)."""
     import ray
     from ray.data import ExecutionResources
 
@@ -70,6 +93,10 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
         chunk = todo[start:start + size]
         start += size
         items.append({"src": [os.fsencode(s) for s, _ in chunk], "stem": [os.fsencode(t) for _, t in chunk]})
+        if identity is not None:
+            items[-1]["identity"] = [identity.get(s, "") for s, _ in chunk]
+        if given is not None:
+            items[-1]["landmarks"] = [given.packed(s) for s, _ in chunk]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds.context.enable_progress_bars = False  # our own bar counts manifest records
     if plan.budget is not None:
@@ -80,25 +107,35 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
                    "max_pixels": config.align.max_pixels, "exif_orientation": config.align.exif_orientation},
     )
     actor_spec = dataclasses.replace(spec, device=workers.device, threads=workers.threads)
+    predictor, extra = FaceCropPredictor, {}
+    if config.recognizer is not None:  # the identity passes (pipeline.job.identity)
+        predictor = IdentityCropPredictor if writer is not None else FaceEmbedPredictor
+        if writer is None:
+            extra["recognizer"] = actor_recognizer(config.recognizer, device=workers.device, threads=workers.threads)
+    if writer is not None:  # the crop pass records the node of each chunk's actor (summary)
+        predictor = tag_node(predictor)
     ds = ds.map_batches(
         # decoded pixels may be split into several blocks (Ray's block size cap): re-bundle them
-        FaceCropPredictor, batch_size=workers.batch_size if workers.decode_in_tasks else None,
+        predictor, batch_size=workers.batch_size if workers.decode_in_tasks else None,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers.num_actors,
                                            max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT_PER_ACTOR),
         num_cpus=workers.cpus_per_actor, num_gpus=workers.gpus_per_actor or None,
         fn_constructor_kwargs={"detector": actor_spec, "align": config.align,
                                "detect_batch_size": workers.detect_batch_size, "on_no_face": config.on_no_face,
-                               "draft": not config.exact},
+                               "draft": not config.exact, "quality_filter": config.quality_filter, **extra},
     )
+    if writer is None:
+        return ds
     return ds.map_batches(
-        write_crops, batch_size=None, batch_format="numpy", num_cpus=workers.write_cpus,
+        keep_node(write_crops), batch_size=None, batch_format="numpy", num_cpus=workers.write_cpus,
         fn_kwargs={"writer": writer, "crop_shape": config.align.crop_shape},
     )
 
 
 def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: list[str], spec: DetectorSpec,
-             writer: CropWriter) -> tuple[RunStats, str]:
+             writer: CropWriter, *, inputs: Sequence[str] = (),
+             given: GivenLandmarks | None = None) -> tuple[RunStats, str]:
     """Run the dataset over ``todo``; records reach the manifest through the writer's sink."""
     with ray_session(config.address, verbose=config.verbose):
         import ray
@@ -110,17 +147,31 @@ def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: li
         if plan.workers.device != spec.device:  # GPU actors: the runtime is chosen for CUDA
             spec = check_detector(dataclasses.replace(config.detector, device=plan.workers.device))
         log.info("align job: %d to process; %s; detector %s", len(todo), plan.describe(), spec.describe())
-        stats = RunStats()
-        ds = _build_dataset(todo, config, plan, spec, writer)
+        stats = RunStats()  # with --recognizer, the rates cover both passes
+        identity = None
+        if config.recognizer is not None:  # embedding pass over `inputs`, then the centres
+
+            def embedding_dataset(pairs: list[tuple[str, str]]):
+                pass_plan = JobPlan.make(resources, todo=[rel for rel, _ in pairs], src=config.src,
+                                         device=config.device, num_workers=config.num_workers,
+                                         batch_size=config.batch_size, threads=config.threads, decode=config.decode)
+                return _build_dataset(pairs, config, pass_plan, spec, None, given=given)
+
+            identity = prepare_identities(config, inputs=inputs, crop_todo=[rel for rel, _ in todo],
+                                          dataset=embedding_dataset).info
+        ds = _build_dataset(todo, config, plan, spec, writer, identity=identity, given=given)
         with ManifestWriter(config.dst / MANIFEST_NAME, durable=config.durable) as manifest, \
                 writer.sink(manifest, inputs=all_inputs) as sink, \
                 tqdm(total=len(todo), unit="photo", desc="aligning", disable=not config.progress,
                      file=sys.stderr, dynamic_ncols=True) as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            # a lost node whose work Ray cannot redo on what is left stops the job (NodeLostError)
+            for batch in watch_progress(ds.iter_batches(batch_size=None, batch_format="numpy"),
+                                        stall_s=config.stall_timeout_s):
                 done = [i for i, record in enumerate(batch["record"]) if record]
                 statuses = [batch["status"][i] for i in done]
                 sink.add([batch["record"][i] for i in done], [batch["payloads"][i] for i in done])
-                stats.add(statuses, int(batch["num_outputs"].sum()))
+                stats.add(statuses, int(batch["num_outputs"].sum()),
+                          node=str(batch[NODE_COLUMN][0]) if len(batch[NODE_COLUMN]) else "")
                 bar.update(len(statuses))
                 bar.set_postfix({s: stats.counts.get(s, 0) for s in STATUSES}, refresh=False)
                 if batch["io_error"][0]:  # the write task could not write to dst: stop here
@@ -142,7 +193,9 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
     check_paths(config)
     src, dst = config.src, config.dst
     all_inputs = list_inputs(src, exclude=dst)
-    inputs = all_inputs if config.limit is None else all_inputs[: config.limit]
+    given = _read_landmarks(config)
+    inputs = all_inputs if given is None else _landmark_inputs(config, given, all_inputs)
+    inputs = inputs if config.limit is None else inputs[: config.limit]
     collide = OutputLayout.colliding(all_inputs)  # stable names whatever --limit is
     stems = {rel: OutputLayout.stem_of(rel, keep_suffix=rel in collide) for rel in inputs}
 
@@ -157,7 +210,9 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
                             plan=f"{len(todo)} input(s) to process; workers decided at start")
 
     spec = check_detector(config.detector if config.device == "auto"
-                          else dataclasses.replace(config.detector, device=config.device))
+                          else dataclasses.replace(config.detector, device=config.device), load=True)
+    if config.recognizer is not None:
+        check_recognizer(config.recognizer, crop_shape=config.align.crop_shape)
     fingerprint = config.fingerprint(spec)
     check_fingerprint(config, fingerprint)
     try:
@@ -165,7 +220,7 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
         if not os.access(dst, os.W_OK | os.X_OK):
             raise PermissionError(13, "not writable (permission denied or a read-only file system)", str(dst))
         with exclusive(dst / LOCK_NAME):
-            return _run_locked(config, spec, fingerprint, inputs, all_inputs, pending, t0)
+            return _run_locked(config, spec, fingerprint, inputs, all_inputs, pending, t0, given=given)
     except PermissionError as e:
         raise JobConfigError(f"cannot write to {e.filename or dst}: {e.strerror or e}") from e
     except OSError as e:
@@ -177,8 +232,26 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
         raise
 
 
+def _read_landmarks(config: AlignJobConfig) -> GivenLandmarks | None:
+    """The ``--landmarks`` file, read once in the driver (a bad line stops the job before Ray)."""
+    if config.landmarks is None:
+        return None
+    try:
+        return read_landmarks_csv(config.landmarks)
+    except LandmarksFileError as e:
+        raise JobConfigError(str(e)) from e
+
+
+def _landmark_inputs(config: AlignJobConfig, given: GivenLandmarks, all_inputs: list[str]) -> list[str]:
+    """The inputs with ``--landmarks``: the listed files that do not exist are added (they get
+    ``error`` records); with ``--landmarks-only``, the unlisted files are left out (no record)."""
+    listed = [rel for rel in all_inputs if rel in given] if config.landmarks_only else all_inputs
+    missing = given.missing(all_inputs)
+    return sorted(listed + missing) if missing else listed
+
+
 def _run_locked(config: AlignJobConfig, spec: DetectorSpec, fingerprint: dict, inputs: list[str],
-                all_inputs: list[str], pending, t0: float) -> JobSummary:
+                all_inputs: list[str], pending, t0: float, *, given: GivenLandmarks | None = None) -> JobSummary:
     dst = config.dst
     writer = make_writer(config.format, dst=dst.resolve(), layout=config.layout, quality=config.quality,
                          durable=config.durable, crop_shape=config.align.crop_shape, shard_bytes=config.shard_bytes)
@@ -186,14 +259,19 @@ def _run_locked(config: AlignJobConfig, spec: DetectorSpec, fingerprint: dict, i
     writer.prepare(overwrite=config.overwrite)
     done, todo = pending()
     atomic_write_text(dst / JOB_NAME, json.dumps({"settings": fingerprint}, indent=2) + "\n")
-    stats, plan = (_process(config, todo, all_inputs, spec, writer) if todo
+    stats, plan = (_process(config, todo, all_inputs, spec, writer, inputs=inputs, given=given) if todo
                    else (RunStats(), "nothing to process"))
     manifest_path = dst / MANIFEST_NAME
     if manifest_path.exists():  # one record per input; records of vanished files are dropped
-        compact_manifest(manifest_path, keep=all_inputs)
+        compact_manifest(manifest_path, keep=set(all_inputs).union(inputs))  # + listed missing files
     outputs = writer.finalize()
     summary = make_summary(config, inputs=len(inputs), already_done=len(done),
                            counts=final_counts(manifest_path, set(inputs)), stats=stats, plan=plan, t0=t0,
-                           outputs=outputs)
+                           outputs=outputs,
+                           identity=identity_summary(dst, set(inputs)) if config.recognizer is not None else None)
     atomic_write_text(dst / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2) + "\n")
+    try:  # dst/report.html, from the manifest alone; `python jobs/report.py DST` rebuilds it
+        build_report(dst, ReportConfig(progress=config.progress))
+    except (OSError, ReportError) as e:
+        log.warning("report not written (%s); rebuild it with: python jobs/report.py %s", e, dst)
     return summary

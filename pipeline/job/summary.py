@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.job.config import (
-    EXIT_FILES_FAILED, EXIT_OK, MANIFEST_NAME, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, STATUSES, AlignJobConfig,
+    EXIT_FILES_FAILED, EXIT_OK, MANIFEST_NAME, STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE, STATUS_OK, STATUSES,
+    AlignJobConfig,
 )
 
 __all__ = ["JobSummary", "RunStats", "make_summary"]
@@ -28,12 +29,15 @@ class RunStats:
     warmup_s: float = 0.0
     warmup_photos: int = 0
     process_s: float = 0.0
+    nodes: Counter = field(default_factory=Counter)
 
-    def add(self, statuses: list[str], crops: int) -> None:
+    def add(self, statuses: list[str], crops: int, *, node: str = "") -> None:
         if not self.warmup_photos:  # start-up: Ray workers, actors loading the model, first batch
             self.warmup_s, self.warmup_photos = time.perf_counter() - self.started, len(statuses)
         self.counts.update(statuses)
         self.crops += crops
+        if node:  # the Ray node whose detector actor did these photos
+            self.nodes[node] += len(statuses)
 
     def stop(self) -> None:
         self.process_s = time.perf_counter() - self.started
@@ -49,7 +53,8 @@ class JobSummary:
     and the rates cover the inputs processed by this run. ``process_s`` runs from the dataset's
     start (Ray already up) to the last record; ``warmup_s`` is its part until the first records
     (workers and actors starting, model loading), ``warmup_photos`` the records that arrived
-    with the first batch; ``steady_photos_per_s`` is the rate after it."""
+    with the first batch; ``steady_photos_per_s`` is the rate after it. ``photos_per_node``: the
+    photos of this run per Ray node id (of the detector actor that did them)."""
 
     src: str
     dst: str
@@ -70,6 +75,8 @@ class JobSummary:
     dry_run: bool = False
     format: str = "folder"
     outputs: dict[str, Any] | None = None
+    identity: dict[str, Any] | None = None
+    photos_per_node: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -84,7 +91,7 @@ class JobSummary:
             f"{'dry run: ' if self.dry_run else ''}{self.inputs} input(s) under {self.src}; "
             f"{self.already_done} already done, {self.processed} processed this run",
             f"status over all inputs: ok {c.get(STATUS_OK, 0)}, no_face {c.get(STATUS_NO_FACE, 0)}, "
-            f"error {c.get(STATUS_ERROR, 0)}",
+            f"filtered {c.get(STATUS_FILTERED, 0)}, error {c.get(STATUS_ERROR, 0)}",
         ]
         if not self.dry_run and not self.processed:
             lines.append(f"this run: nothing to process, elapsed {self.elapsed_s:.1f} s")
@@ -95,12 +102,18 @@ class JobSummary:
             lines.append(f"this run: {self.photos_per_s:.2f} photos/s, {self.faces_per_s:.2f} faces/s{steady}, "
                          f"{self.crops_written} crop(s) written, elapsed {self.elapsed_s:.1f} s")
         lines.append(f"workers: {self.plan}")
+        if len(self.photos_per_node) > 1:
+            lines.append("photos per node: " + ", ".join(f"{node[:12]} {n}" for node, n in self.photos_per_node.items()))
         if self.outputs and self.format == "recordio":
             lines.append(f"recordio: {self.outputs['images']} image(s), {self.outputs['identities']} "
                          f"identity(ies) -> {self.outputs['rec']}")
         elif self.outputs and self.format == "webdataset":
             lines.append(f"webdataset: {self.outputs['samples']} sample(s) in {self.outputs['shards']} "
                          f"shard(s) under {self.outputs['folder']}")
+        if self.identity:
+            i = self.identity
+            lines.append(f"identity: {i['outliers']} outlier(s) among {i['photos']} photo(s) of {i['identities']} "
+                         f"identity(ies); {i['embeddings']} face embedding(s) in {Path(self.dst) / 'embeddings.npy'}")
         if c.get(STATUS_ERROR, 0):
             lines.append(f"some inputs failed: see records with \"status\": \"error\" in "
                          f"{Path(self.dst) / MANIFEST_NAME}")
@@ -108,7 +121,8 @@ class JobSummary:
 
 
 def make_summary(config: AlignJobConfig, *, inputs: int, already_done: int, counts: Counter, stats: RunStats | None,
-                 plan: str, t0: float, outputs: dict[str, Any] | None = None) -> JobSummary:
+                 plan: str, t0: float, outputs: dict[str, Any] | None = None,
+                 identity: dict[str, Any] | None = None) -> JobSummary:
     """The run's summary; ``stats`` is ``None`` for a dry run."""
     stats = stats or RunStats()
     processed = stats.processed
@@ -122,5 +136,6 @@ def make_summary(config: AlignJobConfig, *, inputs: int, already_done: int, coun
         faces_per_s=round(stats.crops / stats.process_s, 3) if processed else 0.0,
         warmup_s=round(stats.warmup_s, 3), warmup_photos=stats.warmup_photos,
         steady_photos_per_s=round((processed - stats.warmup_photos) / steady_s, 3) if processed and steady_s > 0 else 0.0,
-        plan=plan, dry_run=config.dry_run, format=config.format, outputs=outputs,
+        plan=plan, dry_run=config.dry_run, format=config.format, outputs=outputs, identity=identity,
+        photos_per_node=dict(sorted(stats.nodes.items())),
     )

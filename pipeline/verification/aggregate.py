@@ -2,7 +2,8 @@
 
 Following ``recognition/arcface_torch/eval_ijbc.py`` of deepinsight/insightface:
 
-1. flip test (its "F2"): the feature of an image is the embedding of the crop plus that of its mirror;
+1. flip test (its "F2"): the feature of an image is the embedding of the crop plus that of its mirror
+   (or, ``flip_fusion="concat"``, the two embeddings concatenated);
 2. norm (its "N1"): keep the raw norm, or divide each image feature by its L2 norm;
 3. face score (its "D1"): optionally multiply each image feature by its faceness score;
 4. per template, average the features of each media (video/photo id), then sum the media features;
@@ -17,18 +18,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+FLIP_FUSIONS: tuple[str, ...] = ("sum", "concat")
+
 
 @dataclass(frozen=True, kw_only=True)
 class AggregationConfig:
     flip: bool = True
-    """Add the embedding of the mirrored crop to the embedding of the crop."""
+    """Use the embedding of the mirrored crop too (see ``flip_fusion``)."""
+    flip_fusion: str = "sum"
+    """How the two embeddings are fused: ``sum`` (insightface) or ``concat`` (twice the dimension)."""
     face_score: bool = False
     """Weight each image feature by its faceness (detection) score."""
     keep_norm: bool = True
     """Keep the embedding norm (insightface's default); False divides each image feature by its norm first."""
 
+    def __post_init__(self) -> None:
+        if self.flip_fusion not in FLIP_FUSIONS:
+            raise ValueError(f"flip_fusion must be one of {', '.join(FLIP_FUSIONS)}, got {self.flip_fusion!r}")
+
+    @property
+    def fusion(self) -> str:
+        """``none``, ``sum`` or ``concat``: what the image feature is made of."""
+        return self.flip_fusion if self.flip else "none"
+
     def to_json(self) -> dict:
-        return {"flip": self.flip, "face_score": self.face_score, "keep_norm": self.keep_norm}
+        return {"flip": self.flip, "flip_fusion": self.fusion, "face_score": self.face_score,
+                "keep_norm": self.keep_norm}
 
 
 def image_features(
@@ -48,7 +63,7 @@ def image_features(
         flipped = np.asarray(flipped, dtype=np.float64)
         if flipped.shape != feats.shape:
             raise ValueError(f"mirrored embeddings {flipped.shape} do not match embeddings {feats.shape}")
-        feats = feats + flipped
+        feats = feats + flipped if config.flip_fusion == "sum" else np.concatenate([feats, flipped], axis=1)
     if not config.keep_norm:
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         if np.any(norms == 0):

@@ -7,7 +7,9 @@
   one face chosen by :func:`pipeline.select.select_faces` (largest by default, or most central),
   aligned the same way. When the detector
   finds no face, the protocol's landmarks are used instead (status ``FALLBACK``, counted); without
-  protocol landmarks the photo has no crop for this source (``NO_FACE``).
+  protocol landmarks, ``DetectorSettings.on_no_face`` decides: ``center-crop`` (the align job's
+  ``--on-no-face center-crop``: the photo's centred square, resized; ``FALLBACK``) or ``exclude``
+  (no crop, ``NO_FACE``).
 * ``box``: no alignment, the baseline: the square with the chosen detection box's centre and longer
   side, scaled to the crop size with ``cv2.warpAffine`` (no rotation). When the detector finds no
   face, the whole photo's centred square is used (``FALLBACK``, counted) - for loose face crops
@@ -28,13 +30,13 @@ import numpy as np
 
 from detector.api import PostprocessConfig
 from detector.spec import DetectorSpec
-from pipeline.align import align_faces
-from pipeline.select import SELECT_MODES
+from pipeline.align import align_faces, center_crop
 
 PROVIDED = "provided"
 DETECTOR = "detector"
 BOX = "box"
 ALIGNMENT_SOURCES: tuple[str, ...] = (PROVIDED, DETECTOR, BOX)
+NO_FACE_POLICIES: tuple[str, ...] = ("exclude", "center-crop")
 
 
 def parse_sources(spec: str | Iterable[str]) -> tuple[str, ...]:
@@ -75,11 +77,15 @@ class DetectorSettings:
     select: str = "largest"
     """Which face of the photo: ``largest``, ``central`` (area minus twice the squared centre
     offset) or ``score``."""
+    on_no_face: str = "exclude"
+    """No face detected and no protocol landmarks: ``exclude`` (no crop, counted) or ``center-crop``."""
 
     def __post_init__(self) -> None:
+        if self.on_no_face not in NO_FACE_POLICIES:
+            raise ValueError(f"on_no_face must be one of {', '.join(NO_FACE_POLICIES)}, got {self.on_no_face!r}")
         if not isinstance(self.spec, DetectorSpec):
             raise TypeError(f"spec must be a DetectorSpec, got {type(self.spec).__name__}")
-        if self.select not in SELECT_MODES or self.select == "all":
+        if self.select not in ("largest", "central", "score"):
             raise ValueError(f"select must be one of largest, central, score; got {self.select!r}")
 
     def build_aligner(self, image_size: int = 112) -> Any:
@@ -91,7 +97,7 @@ class DetectorSettings:
         return FaceAligner(detector=self.spec.build, config=config)
 
     def to_json(self) -> dict:
-        return {"detector": self.spec.fingerprint(), "select": self.select}
+        return {"detector": self.spec.fingerprint(), "select": self.select, "on_no_face": self.on_no_face}
 
 
 def square_box_matrix(box: np.ndarray, size: int = 112) -> np.ndarray:
@@ -137,7 +143,8 @@ class CropMaker:
     source (the chosen face's box).
     """
 
-    def __init__(self, *, sources: tuple[str, ...], aligner: Any | None = None, image_size: int = 112):
+    def __init__(self, *, sources: tuple[str, ...], aligner: Any | None = None, image_size: int = 112,
+                 on_no_face: str = "exclude"):
         self.sources = parse_sources(sources)
         self.needs_detector = DETECTOR in self.sources or BOX in self.sources
         if self.needs_detector and aligner is None:
@@ -146,6 +153,9 @@ class CropMaker:
             raise ValueError(f"aligner makes {aligner.config.image_size}px crops, expected {image_size}px")
         self.aligner = aligner
         self.image_size = image_size
+        if on_no_face not in NO_FACE_POLICIES:
+            raise ValueError(f"on_no_face must be one of {', '.join(NO_FACE_POLICIES)}, got {on_no_face!r}")
+        self.on_no_face = on_no_face
 
     def detect(self, image: np.ndarray) -> Any | None:
         """The selected :class:`pipeline.stage.AlignedFace` of ``image`` (BGR), or ``None``."""
@@ -177,6 +187,9 @@ class CropMaker:
                 crops[DETECTOR], status[DETECTOR], scores[DETECTOR] = face.crop, CropStatus.OK, face.score
             elif provided_crop is not None:
                 crops[DETECTOR], status[DETECTOR], scores[DETECTOR] = provided_crop, CropStatus.FALLBACK, fallback_score
+            elif self.on_no_face == "center-crop":
+                crops[DETECTOR] = center_crop(image, (self.image_size, self.image_size))
+                status[DETECTOR], scores[DETECTOR] = CropStatus.FALLBACK, fallback_score
             else:
                 crops[DETECTOR], status[DETECTOR], scores[DETECTOR] = None, CropStatus.NO_FACE, 0.0
         if BOX in self.sources:

@@ -1,4 +1,4 @@
-"""Verification metrics: ROC, AUC, TAR at fixed FAR, best accuracy.
+"""Verification metrics: ROC, AUC, TAR at fixed FAR, best accuracy, k-fold accuracy (LFW).
 
 Conventions (shared with ``golden/verification/deepface_expected.json``):
 
@@ -164,3 +164,83 @@ class VerificationMetrics:
             "negatives": self.negatives,
             "min_measurable_far": self.min_measurable_far,
         }
+
+
+# ----------------------------------------------------------------------------------------- k-fold accuracy
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``(threshold, accuracy)`` of the accept rule ``score > threshold`` that is most accurate on these pairs.
+
+    Candidates are one threshold per gap between consecutive distinct scores (the midpoint), plus one
+    below the lowest score (accept all) and one above the highest (reject all): every distinct
+    accept set is tried once. When several are equally accurate, the middle one of them (in
+    increasing order; the upper of the two middle ones for an even count) is taken, so the rule
+    does not lean towards accepting or rejecting.
+    """
+    scores, labels = _check_scores_labels(scores, labels)
+    values, inverse = np.unique(scores, return_inverse=True)
+    m = values.size
+    pos = np.bincount(inverse[labels], minlength=m)
+    neg = np.bincount(inverse[~labels], minlength=m)
+    # cut c rejects values[:c] and accepts values[c:]; c = 0 accepts everything, c = m rejects everything
+    correct = np.r_[0, np.cumsum(neg)] + (pos.sum() - np.r_[0, np.cumsum(pos)])
+    tied = np.flatnonzero(correct == correct.max())
+    c = int(tied[tied.size // 2])
+    if c == 0:
+        threshold = float(values[0] - 1.0)
+    elif c == m:
+        threshold = float(values[-1] + 1.0)
+    else:
+        threshold = float((values[c - 1] + values[c]) / 2.0)
+    return threshold, float(correct[c] / scores.size)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class KFoldAccuracy:
+    """LFW's figure: per fold, the threshold most accurate on the other folds, applied to this one."""
+
+    accuracies: np.ndarray
+    """``[K]`` test accuracy of each fold (folds in increasing id order)."""
+    thresholds: np.ndarray
+    """``[K]`` the threshold chosen on the other ``K - 1`` folds."""
+    pairs: np.ndarray
+    """``[K]`` pairs scored in each fold."""
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation over folds (``np.std``), as LFW results are usually reported."""
+        return float(np.std(self.accuracies))
+
+    def to_json(self) -> dict:
+        return {
+            "mean": self.mean, "std": self.std, "folds": self.accuracies.tolist(),
+            "thresholds": self.thresholds.tolist(), "pairs_per_fold": self.pairs.tolist(),
+            "rule": "per fold: threshold = best_threshold on the other folds (accept score > t); "
+                    "mean and population std of the fold accuracies",
+        }
+
+
+def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> KFoldAccuracy:
+    """k-fold verification accuracy: for each fold, :func:`best_threshold` on the pairs of all other
+    folds, then the accuracy of ``score > threshold`` on the fold's own pairs."""
+    scores, labels = _check_scores_labels(scores, labels)
+    folds = np.asarray(folds).reshape(-1)
+    if folds.shape != scores.shape:
+        raise ValueError(f"{folds.size} fold ids for {scores.size} scores")
+    ids = np.unique(folds)
+    if ids.size < 2:
+        raise ValueError(f"need at least 2 folds, got {ids.size}")
+    accuracies, thresholds, sizes = [], [], []
+    for k in ids:
+        test = folds == k
+        threshold, _ = best_threshold(scores[~test], labels[~test])
+        accuracies.append(float(np.mean((scores[test] > threshold) == labels[test])))
+        thresholds.append(threshold)
+        sizes.append(int(test.sum()))
+    return KFoldAccuracy(accuracies=np.asarray(accuracies), thresholds=np.asarray(thresholds),
+                         pairs=np.asarray(sizes, dtype=np.int64))

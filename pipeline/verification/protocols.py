@@ -1,4 +1,5 @@
-"""Readers for verification protocols: the IJB-B/C layout of insightface's evaluation and a pairs CSV.
+"""Readers for verification protocols: the IJB-B/C layout of insightface's evaluation, LFW's
+``pairs.txt`` and a pairs CSV.
 
 Both produce one :class:`VerificationProtocol`: images (with the protocol's 5 landmarks and faceness
 score where it has them), the template and media each face belongs to, and labelled template pairs.
@@ -57,6 +58,8 @@ class VerificationProtocol:
     landmarks: np.ndarray | None = None
     face_scores: np.ndarray | None = None
     template_names: dict[int, str] = field(default_factory=dict)
+    folds: np.ndarray | None = None
+    """``[P]`` int fold of each pair when the protocol is scored by k-fold accuracy (LFW), else ``None``."""
 
     def __post_init__(self) -> None:
         n_faces = self.face_image.shape[0]
@@ -68,6 +71,8 @@ class VerificationProtocol:
             raise ValueError(f"landmarks must be [{len(self.images)}, 5, 2], got {self.landmarks.shape}")
         if self.face_scores is not None and self.face_scores.shape != (len(self.images),):
             raise ValueError(f"face_scores must be [{len(self.images)}], got {self.face_scores.shape}")
+        if self.folds is not None and self.folds.shape != self.labels.shape:
+            raise ValueError(f"folds must be [{self.labels.shape[0]}], got {self.folds.shape}")
 
     @property
     def has_landmarks(self) -> bool:
@@ -91,6 +96,7 @@ class VerificationProtocol:
             "positives": positives,
             "negatives": int(self.pairs.shape[0]) - positives,
             "landmarks": self.has_landmarks,
+            "folds": None if self.folds is None else int(np.unique(self.folds).size),
         }
 
 
@@ -357,4 +363,99 @@ def read_pairs_csv(path: Path | str, *, root: Path | str | None = None) -> Verif
         pairs=np.asarray(pairs, dtype=np.int64),
         labels=np.asarray(labels, dtype=bool),
         template_names={i: name for i, name in enumerate(images)},
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ LFW
+
+#: Image folders of the LFW releases, in the order they are looked for under ``--lfw DIR``.
+LFW_IMAGE_DIRS = ("images_deepfunneled", "lfw-deepfunneled", "lfw_deepfunneled", "lfw_funneled", "lfw-funneled", "lfw")
+
+
+def lfw_image_name(person: str, number: int) -> str:
+    """``Name/Name_NNNN.jpg``: LFW's layout (1-based image numbers, zero-padded to 4)."""
+    return f"{person}/{person}_{number:04d}.jpg"
+
+
+def _lfw_image_root(root: Path) -> Path:
+    for name in LFW_IMAGE_DIRS:
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def read_lfw(root: Path | str, *, pairs: Path | str | None = None, images: Path | str | None = None) -> VerificationProtocol:
+    """LFW's standard 1:1 protocol ("View 2"): ``pairs.txt`` and the image folder.
+
+    ``pairs.txt`` starts with ``<folds> <n>``; then each fold holds ``n`` same-person lines
+    ``name i j`` followed by ``n`` different-person lines ``name1 i name2 j`` (image numbers 1-based).
+    Every distinct photo is one template; pair ``p`` belongs to fold ``p // (2 n)``. ``images``
+    defaults to the first of :data:`LFW_IMAGE_DIRS` found under ``root``, else ``root`` itself.
+    Any line that breaks this layout raises :class:`ProtocolError` naming the line.
+    """
+    root = Path(root)
+    pairs_path = Path(pairs) if pairs is not None else root / "pairs.txt"
+    if not pairs_path.is_file():
+        raise FileNotFoundError(f"LFW pairs file not found: {pairs_path} (expected pairs.txt under {root})")
+    image_root = Path(images) if images is not None else _lfw_image_root(root)
+    lines = iter(_lines(pairs_path))
+    first = next(lines, None)
+    if first is None:
+        raise ProtocolError(pairs_path, None, "empty file; expected a first line '<folds> <pairs per class>'")
+    number, raw = first
+    head = raw.split()
+    if len(head) != 2:
+        raise ProtocolError(pairs_path, number, "first line must be '<folds> <pairs per class>'", raw)
+    n_folds = _parse_int(pairs_path, number, raw, head[0], "number of folds")
+    per_class = _parse_int(pairs_path, number, raw, head[1], "pairs per class")
+    if n_folds < 2 or per_class < 1:
+        raise ProtocolError(pairs_path, number, f"need >= 2 folds and >= 1 pair per class, got {n_folds} {per_class}", raw)
+    file_index: dict[str, int] = {}
+    pair_list: list[tuple[int, int]] = []
+    labels: list[bool] = []
+    folds: list[int] = []
+
+    def image(person: str, token: str, number: int, raw: str) -> int:
+        k = _parse_int(pairs_path, number, raw, token, "image number")
+        if k < 1:
+            raise ProtocolError(pairs_path, number, f"image numbers are 1-based, got {k}", raw)
+        return file_index.setdefault(lfw_image_name(person, k), len(file_index))
+
+    expected = n_folds * 2 * per_class
+    for index, (number, raw) in enumerate(lines):
+        if index >= expected:
+            raise ProtocolError(pairs_path, number, f"more pair lines than {n_folds} folds x 2 x {per_class}", raw)
+        same = index % (2 * per_class) < per_class
+        tokens = raw.split()
+        if same:
+            if len(tokens) != 3:
+                raise ProtocolError(pairs_path, number, f"expected a same-person line 'name i j' "
+                                    f"(fold {index // (2 * per_class) + 1}, line {index % (2 * per_class) + 1}), "
+                                    f"got {len(tokens)} fields", raw)
+            a, b = image(tokens[0], tokens[1], number, raw), image(tokens[0], tokens[2], number, raw)
+        else:
+            if len(tokens) != 4:
+                raise ProtocolError(pairs_path, number, f"expected a different-person line 'name1 i name2 j' "
+                                    f"(fold {index // (2 * per_class) + 1}, line {index % (2 * per_class) + 1}), "
+                                    f"got {len(tokens)} fields", raw)
+            a, b = image(tokens[0], tokens[1], number, raw), image(tokens[2], tokens[3], number, raw)
+        pair_list.append((a, b))
+        labels.append(same)
+        folds.append(index // (2 * per_class))
+    if len(pair_list) != expected:
+        raise ProtocolError(pairs_path, None, f"{len(pair_list)} pair lines, expected {n_folds} folds x 2 x {per_class} = {expected}")
+    images_ = tuple(file_index)
+    ids = np.arange(len(images_), dtype=np.int64)
+    return VerificationProtocol(
+        name="lfw",
+        source=pairs_path,
+        image_root=image_root,
+        images=images_,
+        face_image=ids.copy(),
+        face_template=ids.copy(),
+        face_media=ids.copy(),
+        pairs=np.asarray(pair_list, dtype=np.int64),
+        labels=np.asarray(labels, dtype=bool),
+        template_names={i: name for i, name in enumerate(images_)},
+        folds=np.asarray(folds, dtype=np.int64),
     )

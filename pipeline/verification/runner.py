@@ -15,7 +15,6 @@ sources could score - so the numbers compare like with like.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import time
@@ -30,7 +29,7 @@ from pipeline.images import ImageReadError, read_image
 from common.fsio import atomic_path, atomic_write_text
 from pipeline.verification.aggregate import AggregationConfig, image_features, pair_scores, template_features
 from pipeline.verification.crops import BOX, DETECTOR, PROVIDED, CropMaker, CropStatus, DetectorSettings, parse_sources
-from pipeline.verification.metrics import DEFAULT_FARS, VerificationMetrics, far_key
+from pipeline.verification.metrics import DEFAULT_FARS, KFoldAccuracy, VerificationMetrics, far_key, kfold_accuracy
 from pipeline.verification.protocols import VerificationProtocol
 from pipeline.verification.recognizer import RecognizerConfig
 
@@ -46,8 +45,9 @@ class EvaluationConfig:
     detector: DetectorSettings | None = field(default_factory=DetectorSettings)
     fars: tuple[float, ...] = DEFAULT_FARS
     num_workers: int = 1
-    """> 1: extract on that many Ray actors (the running Ray, else the cluster at ``address``, else
-    a new local Ray: :func:`common.ray_init.ray_session`)."""
+    """1: in this process. > 1: extract on that many Ray actors (the running Ray, else the cluster at
+    ``address``, else a new local Ray: :func:`common.ray_init.ray_session`). 0: on Ray, one actor per
+    ``threads`` CPUs of the cluster (every CPU of this machine for a new local Ray)."""
     address: str | None = None
     threads: int | None = None
     """Intra-op threads of the detector and recogniser, per worker. ``None``: the libraries' defaults
@@ -62,13 +62,16 @@ class EvaluationConfig:
     baseline: str | None = None
     """Source the gains are measured against; default ``box`` when evaluated, else the first source."""
     progress: bool = True
+    use_fallbacks: bool = True
+    """Photos whose source made a fallback crop (status ``FALLBACK``) are scored with it; ``False``
+    excludes them (and, with ``common_pairs``, their pairs from every source), counted."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", parse_sources(self.sources))
         if (DETECTOR in self.sources or BOX in self.sources) and self.detector is None:
             raise ValueError(f"sources {self.sources} need detector settings")
-        if self.num_workers < 1 or self.chunk_size < 1:
-            raise ValueError("num_workers and chunk_size must be >= 1")
+        if self.num_workers < 0 or self.chunk_size < 1:
+            raise ValueError("num_workers must be >= 0 (0: every CPU on Ray) and chunk_size >= 1")
         if self.baseline is not None and self.baseline not in self.sources:
             raise ValueError(f"baseline {self.baseline!r} is not one of the evaluated sources {self.sources}")
 
@@ -98,6 +101,8 @@ class ChunkResult:
     rows: dict[str, np.ndarray]
     """Positions (into ``indices``) that have a feature, per source."""
     features: dict[str, np.ndarray | None]
+    flipped: dict[str, np.ndarray | None]
+    """The mirrored crops' embeddings (same rows as ``features``) when the worker flips, else ``None``."""
     problems: dict[int, str]
     timings: dict[str, float]
     faces_embedded: int
@@ -118,7 +123,7 @@ class ExtractionWorker:
         needs_detector = DETECTOR in self.sources or BOX in self.sources
         self.crop_maker = CropMaker(
             sources=self.sources, aligner=detector.build_aligner(image_size) if needs_detector else None,
-            image_size=image_size,
+            image_size=image_size, on_no_face=detector.on_no_face if detector is not None else "exclude",
         )
 
     def process(self, tasks: Sequence[PhotoTask]) -> ChunkResult:
@@ -156,6 +161,7 @@ class ExtractionWorker:
                     owners.append((s, pos))
         t0 = time.perf_counter()
         features: dict[str, np.ndarray | None] = {s: None for s in self.sources}
+        flipped: dict[str, np.ndarray | None] = {s: None for s in self.sources}
         rows = {s: np.asarray([p for o, p in owners if o == s], dtype=np.int64) for s in self.sources}
         faces = 0
         if crops:
@@ -164,15 +170,15 @@ class ExtractionWorker:
                 batch = np.concatenate([batch, np.ascontiguousarray(batch[:, :, ::-1])])
             emb = self.recognizer.embed(batch)
             faces = int(batch.shape[0])
-            if self.flip:
-                emb = emb[: len(crops)] + emb[len(crops):]  # insightface's flip test "F2": sum
             which = np.asarray([o for o, _ in owners])
             for s in self.sources:
-                features[s] = emb[which == s].astype(np.float32)
+                features[s] = emb[: len(crops)][which == s].astype(np.float32)
+                if self.flip:  # kept apart: the scoring fuses them (sum, as insightface's "F2", or concat)
+                    flipped[s] = emb[len(crops):][which == s].astype(np.float32)
         t_embed = time.perf_counter() - t0
         return ChunkResult(
             indices=np.asarray([t.index for t in tasks], dtype=np.int64), status=status, scores=scores, rows=rows,
-            features=features, problems=problems,
+            features=features, flipped=flipped, problems=problems,
             timings={"read_s": t_read, "detect_align_s": t_crop, "embed_s": t_embed}, faces_embedded=faces,
         )
 
@@ -183,19 +189,21 @@ class Extraction:
 
     sources: tuple[str, ...]
     features: dict[str, np.ndarray]
-    """``[n_images, D]`` float32; the crop's embedding plus its mirror's when ``flip``; zeros when unusable."""
+    """``[n_images, D]`` float32 embedding of each photo's crop; zeros when unusable."""
+    flipped: dict[str, np.ndarray | None]
+    """``[n_images, D]`` float32 embedding of the mirrored crop when extracted with ``flip``, else ``None``."""
     status: dict[str, np.ndarray]
     scores: dict[str, np.ndarray]
     flip: bool
     problems: dict[int, str]
     throughput: dict[str, Any]
 
-    def usable(self, source: str) -> np.ndarray:
+    def usable(self, source: str, *, fallbacks: bool = True) -> np.ndarray:
         st = self.status[source]
-        return (st == CropStatus.OK) | (st == CropStatus.FALLBACK)
+        return (st == CropStatus.OK) | ((st == CropStatus.FALLBACK) & fallbacks)
 
 
-def _tasks(protocol: VerificationProtocol) -> list[PhotoTask]:
+def photo_tasks(protocol: VerificationProtocol) -> list[PhotoTask]:
     return [
         PhotoTask(
             index=i, path=str(protocol.image_path(i)),
@@ -220,39 +228,57 @@ def torch_threads(threads: int):
         torch.set_num_threads(previous)
 
 
-class _RayExtractionWorker(ExtractionWorker):
-    """A Ray actor's worker: the actor process is its own, so torch's thread count is set for good."""
+class _RayWorker:
+    """A Ray actor around a worker class (``process(tasks)``): the actor process is its own, so
+    torch's thread count is set for good."""
 
-    def __init__(self, *, threads: int, **kwargs):
+    def __init__(self, worker_cls: type, *, threads: int, **kwargs):
         import torch
 
         torch.set_num_threads(threads)
-        super().__init__(threads=threads, **kwargs)
+        self.worker = worker_cls(threads=threads, **kwargs)
+
+    def process(self, tasks: Sequence[PhotoTask]) -> Any:
+        return self.worker.process(tasks)
 
 
-def _run_local(worker_kwargs: dict, chunks: list[list[PhotoTask]], bar: tqdm, threads: int) -> Iterable[ChunkResult]:
+def run_workers(worker_cls: type, worker_kwargs: dict, chunks: list[list[PhotoTask]], *, bar: tqdm,
+                num_workers: int, threads: int | None, address: str | None, stats: dict[str, Any]) -> Iterable[Any]:
+    """``worker_cls(threads=..., **worker_kwargs).process(chunk)`` for every chunk, in this process
+    (``num_workers == 1``) or on Ray actors (see :attr:`EvaluationConfig.num_workers`), unordered."""
+    if num_workers == 1:
+        return _run_local(worker_cls, worker_kwargs, chunks, bar, threads or 0)
+    return _run_ray(worker_cls, worker_kwargs, chunks, bar, num_workers, threads or 1, address, stats)
+
+
+def _run_local(worker_cls: type, worker_kwargs: dict, chunks: list[list[PhotoTask]], bar: tqdm,
+               threads: int) -> Iterable[Any]:
     with torch_threads(threads):
-        worker = ExtractionWorker(**worker_kwargs, threads=threads)
+        worker = worker_cls(**worker_kwargs, threads=threads)
         for chunk in chunks:
             result = worker.process(chunk)
             bar.update(len(chunk))
             yield result
 
 
-def _run_ray(worker_kwargs: dict, chunks: list[list[PhotoTask]], bar: tqdm, num_workers: int,
-             threads: int, address: str | None) -> Iterable[ChunkResult]:
+def _run_ray(worker_cls: type, worker_kwargs: dict, chunks: list[list[PhotoTask]], bar: tqdm, num_workers: int,
+             threads: int, address: str | None, stats: dict[str, Any]) -> Iterable[Any]:
     import ray
     from ray.util import ActorPool
 
     from common.ray_init import ray_session
 
-    with ray_session(address, num_cpus=num_workers * threads):
-        actor_cls = ray.remote(num_cpus=threads)(_RayExtractionWorker)
-        actors = [actor_cls.remote(**worker_kwargs, threads=threads) for _ in range(num_workers)]
+    with ray_session(address, num_cpus=num_workers * threads if num_workers else None):
+        if not num_workers:  # every CPU the cluster has
+            num_workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+        stats["workers"] = num_workers
+        bar.set_postfix_str(f"{num_workers} Ray workers")
+        actor_cls = ray.remote(num_cpus=threads)(_RayWorker)
+        actors = [actor_cls.remote(worker_cls, **worker_kwargs, threads=threads) for _ in range(num_workers)]
         try:
             pool = ActorPool(actors)
             for result in pool.map_unordered(lambda actor, chunk: actor.process.remote(chunk), chunks):
-                bar.update(int(result.indices.size))
+                bar.update(len(result.indices))
                 yield result
         finally:
             for actor in actors:
@@ -263,7 +289,7 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
     """Crops and features of every photo of ``protocol`` for every source of ``config``."""
     if PROVIDED in config.sources and not protocol.has_landmarks:
         raise ValueError(f"the 'provided' source needs protocol landmarks; {protocol.name} has none")
-    tasks = _tasks(protocol)
+    tasks = photo_tasks(protocol)
     if config.strict:
         missing = [t.path for t in tasks if not Path(t.path).is_file()]
         if missing:
@@ -277,15 +303,15 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
     status = {s: np.zeros(n, dtype=np.int8) for s in config.sources}
     scores = {s: np.zeros(n, dtype=np.float32) for s in config.sources}
     features: dict[str, np.ndarray | None] = {s: None for s in config.sources}
+    flipped: dict[str, np.ndarray | None] = {s: None for s in config.sources}
     problems: dict[int, str] = {}
     timings = {"read_s": 0.0, "detect_align_s": 0.0, "embed_s": 0.0}
     faces = 0
+    run_stats: dict[str, Any] = {"workers": config.num_workers}
     start = time.perf_counter()
     with tqdm(total=n, desc="verification photos", unit="photo", disable=not config.progress) as bar:
-        if config.num_workers > 1:
-            results = _run_ray(worker_kwargs, chunks, bar, config.num_workers, config.threads or 1, config.address)
-        else:
-            results = _run_local(worker_kwargs, chunks, bar, config.threads or 0)
+        results = run_workers(ExtractionWorker, worker_kwargs, chunks, bar=bar, num_workers=config.num_workers,
+                              threads=config.threads, address=config.address, stats=run_stats)
         for r in results:
             for s in config.sources:
                 status[s][r.indices] = r.status[s]
@@ -295,6 +321,10 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
                     if features[s] is None:
                         features[s] = np.zeros((n, feats.shape[1]), dtype=np.float32)
                     features[s][r.indices[r.rows[s]]] = feats
+                    if r.flipped[s] is not None:
+                        if flipped[s] is None:
+                            flipped[s] = np.zeros((n, feats.shape[1]), dtype=np.float32)
+                        flipped[s][r.indices[r.rows[s]]] = r.flipped[s]
             problems.update(r.problems)
             for k in timings:
                 timings[k] += r.timings[k]
@@ -310,7 +340,7 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
             raise VerificationDataError(f"source {s!r}: no photo of {protocol.source} gave a crop")
     throughput = {
         "photos": n,
-        "workers": config.num_workers,
+        "workers": run_stats["workers"],
         "wall_s": wall,
         "photos_per_s": n / wall if wall > 0 else math.nan,
         "faces_embedded": faces,
@@ -321,7 +351,7 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
         "note": "faces = crops through the recogniser (a mirrored crop counts as one); faces_per_s is per "
                 "worker (busy time of the recogniser summed over workers); *_busy_s are summed over workers",
     }
-    return Extraction(sources=config.sources, features=features, status=status, scores=scores,
+    return Extraction(sources=config.sources, features=features, flipped=flipped, status=status, scores=scores,
                       flip=config.aggregation.flip, problems=problems, throughput=throughput)
 
 
@@ -338,10 +368,13 @@ class SourceResult:
     """Which protocol pairs were scored."""
     excluded: dict[str, int]
     fallbacks: dict[str, int]
+    kfold: KFoldAccuracy | None = None
+    """The protocol's k-fold accuracy (LFW) on the scored pairs, when it defines folds."""
 
     def to_json(self) -> dict:
         m = self.metrics.to_json()
         return {
+            "kfold_accuracy": None if self.kfold is None else self.kfold.to_json(),
             "auc": m["auc"],
             "tar_at_far": m["tar_at_far"],
             "pairs": int(self.pair_mask.sum()),
@@ -370,8 +403,10 @@ class EvaluationResult:
             if name == base_name:
                 continue
             m = res.metrics
+            base_kfold = self.sources[base_name].kfold
             out[name] = {
                 "vs": base_name,
+                "kfold_accuracy": None if res.kfold is None or base_kfold is None else res.kfold.mean - base_kfold.mean,
                 "auc": m.auc - base.auc,
                 "tar_at_far": {
                     far_key(f): (None if m.tar_at_far[f] is None or base.tar_at_far[f] is None
@@ -394,9 +429,9 @@ class EvaluationResult:
 
 
 def _source_scores(protocol: VerificationProtocol, extraction: Extraction, source: str,
-                   aggregation: AggregationConfig) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+                   aggregation: AggregationConfig, use_fallbacks: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """(pair scores with NaN where unscorable, scorable-pair mask, exclusion counts) of one source."""
-    usable = extraction.usable(source)
+    usable = extraction.usable(source, fallbacks=use_fallbacks)
     face_ok = usable[protocol.face_image]
     status = extraction.status[source]
     all_templates = np.unique(protocol.face_template)
@@ -404,6 +439,7 @@ def _source_scores(protocol: VerificationProtocol, extraction: Extraction, sourc
         "missing_images": int(np.count_nonzero(status == CropStatus.MISSING)),
         "unreadable_images": int(np.count_nonzero(status == CropStatus.UNREADABLE)),
         "no_face_images": int(np.count_nonzero(status == CropStatus.NO_FACE)),
+        "fallback_images_excluded": 0 if use_fallbacks else int(np.count_nonzero(status == CropStatus.FALLBACK)),
         "faces": int(np.count_nonzero(~face_ok)),
     }
     scores = np.full(protocol.pairs.shape[0], np.nan)
@@ -412,11 +448,12 @@ def _source_scores(protocol: VerificationProtocol, extraction: Extraction, sourc
         excluded["pairs"] = int(protocol.pairs.shape[0])
         return scores, np.zeros(protocol.pairs.shape[0], bool), excluded
     image_of_face = protocol.face_image[face_ok]
-    # Flip ("F2") was applied by the workers when the features were made.
+    mirrored = extraction.flipped[source]
     feats = image_features(
         extraction.features[source][image_of_face],
+        flipped=mirrored[image_of_face] if aggregation.flip and mirrored is not None else None,
         scores=extraction.scores[source][image_of_face],
-        config=dataclasses.replace(aggregation, flip=False),
+        config=aggregation,
     )
     templates, tfeats = template_features(feats, protocol.face_template[face_ok], protocol.face_media[face_ok])
     ok = np.isin(protocol.pairs[:, 0], templates) & np.isin(protocol.pairs[:, 1], templates)
@@ -429,9 +466,10 @@ def _source_scores(protocol: VerificationProtocol, extraction: Extraction, sourc
 def score(protocol: VerificationProtocol, extraction: Extraction, *, config: EvaluationConfig,
           settings: dict[str, Any] | None = None) -> EvaluationResult:
     """Template aggregation, pair scores and metrics for every source of ``extraction``."""
-    if extraction.flip != config.aggregation.flip:
-        raise ValueError(f"features were extracted with flip={extraction.flip}, config asks flip={config.aggregation.flip}")
-    per_source = {s: _source_scores(protocol, extraction, s, config.aggregation) for s in config.sources}
+    if config.aggregation.flip and not extraction.flip:
+        raise ValueError("the config asks for the flip test but the features were extracted without mirrored crops")
+    per_source = {s: _source_scores(protocol, extraction, s, config.aggregation, config.use_fallbacks)
+                  for s in config.sources}
     common = np.logical_and.reduce([ok for _, ok, _ in per_source.values()])
     results: dict[str, SourceResult] = {}
     for s, (scores, ok, excluded) in per_source.items():
@@ -447,12 +485,17 @@ def score(protocol: VerificationProtocol, extraction: Extraction, *, config: Eva
         status = extraction.status[s]
         fallbacks = {}
         if s == DETECTOR:
-            fallbacks["detector_to_provided"] = int(np.count_nonzero(status == CropStatus.FALLBACK))
+            if protocol.has_landmarks:
+                fallbacks["detector_to_provided"] = int(np.count_nonzero(status == CropStatus.FALLBACK))
+            elif config.detector is not None and config.detector.on_no_face == "center-crop":
+                fallbacks["detector_to_center_crop"] = int(np.count_nonzero(status == CropStatus.FALLBACK))
         elif s == BOX:
             fallbacks["box_to_whole_photo"] = int(np.count_nonzero(status == CropStatus.FALLBACK))
+        kfold = None if protocol.folds is None else kfold_accuracy(scores[mask], labels, protocol.folds[mask])
         results[s] = SourceResult(
             name=s, metrics=VerificationMetrics.compute(scores[mask], labels, fars=config.fars),
             scores=scores[mask], labels=labels, pair_mask=mask, excluded=excluded, fallbacks=fallbacks,
+            kfold=kfold,
         )
     base_settings = {
         "sources": list(config.sources),
@@ -487,13 +530,19 @@ def _fmt(value: float | None, signed: bool = False) -> str:
 def format_table(result: EvaluationResult) -> str:
     """Plain-text table: AUC and TAR@FAR per source, then each source's gain over the baseline."""
     fars = list(result.config.fars)
-    head = ["source", "pairs", "AUC"] + [f"TAR@{far_key(f)}" for f in fars]
+    folds = result.protocol.folds
+    kfold_head = [] if folds is None else [f"{np.unique(folds).size}-fold acc %"]
+    head = ["source", "pairs"] + kfold_head + ["AUC"] + [f"TAR@{far_key(f)}" for f in fars]
     rows = []
     for name, res in result.sources.items():
         m = res.metrics
-        rows.append([name, str(int(res.pair_mask.sum())), _fmt(m.auc)] + [_fmt(m.tar_at_far[f]) for f in fars])
+        kf = [] if res.kfold is None else [f"{100 * res.kfold.mean:.2f} ± {100 * res.kfold.std:.2f}"]
+        rows.append([name, str(int(res.pair_mask.sum()))] + kf + [_fmt(m.auc)] + [_fmt(m.tar_at_far[f]) for f in fars])
+    base_kfold = result.sources[result.config.baseline_source].kfold
     for name, gain in result.gains().items():
-        rows.append([f"{name} - {gain['vs']}", "", _fmt(gain["auc"], True)]
+        res = result.sources[name]
+        kf = [] if folds is None else [f"{100 * (res.kfold.mean - base_kfold.mean):+.2f}"]
+        rows.append([f"{name} - {gain['vs']}", ""] + kf + [_fmt(gain["auc"], True)]
                     + [_fmt(gain["tar_at_far"][far_key(f)], True) for f in fars])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
