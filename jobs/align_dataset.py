@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: finished photos are recorded; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(summary.text())
+    report = config.dst / "report.html"
+    if not config.dry_run and report.is_file():
+        print(f"report: {report}")
     if args.summary_json:
         atomic_write_text(args.summary_json, json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary.exit_code
