@@ -34,7 +34,7 @@ from pipeline.curation.identity import OutlierRule
 from pipeline.job import EXIT_USAGE, AlignJobConfig, JobConfigError, run_align_job
 from pipeline.job.config import EXIT_NODE_LOST, JOB_MIN_SCORE, JOB_RESIZE, JOB_SELECT
 from pipeline.job.nodes import NodeLostError
-from pipeline.verification.recognizer import ARCFACE_MEAN, ARCFACE_STD, OnnxRecognizerConfig, Preprocess, parse_triplet
+from pipeline.verification.recognizer import OnnxRecognizerConfig, add_preprocess_arguments, preprocess_from_args
 from pipeline.writers import FORMATS
 
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -123,11 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ArcFace-style ONNX recogniser: embed every candidate face, record each photo's cosine "
                          "distance to its identity's centre and outliers; writes embeddings.npy + "
                          "embeddings_index.jsonl")
-    ic.add_argument("--rgb", action="store_true", help="the recogniser takes RGB (default BGR)")
-    ic.add_argument("--mean", default=",".join(map(str, ARCFACE_MEAN)),
-                    help="recogniser per-channel mean in [0,1] units, model channel order (default 0.5,0.5,0.5)")
-    ic.add_argument("--std", default=",".join(map(str, ARCFACE_STD)),
-                    help="recogniser per-channel std in [0,1] units (default 0.5,0.5,0.5)")
+    add_preprocess_arguments(ic)
     rule = OutlierRule()
     ic.add_argument("--outlier-k", type=float, default=rule.k,
                     help=f"outlier: distance > median + K * 1.4826 * MAD of the folder (default {rule.k})")
@@ -173,8 +169,7 @@ def config_from_args(args: argparse.Namespace) -> AlignJobConfig:
     if args.recognizer is not None:
         recognizer = OnnxRecognizerConfig(
             model=args.recognizer,
-            preprocess=Preprocess(rgb=args.rgb, mean=parse_triplet(args.mean, what="--mean"),
-                                  std=parse_triplet(args.std, what="--std")),
+            preprocess=preprocess_from_args(args),
         )
     outlier = OutlierRule(k=args.outlier_k, floor=args.outlier_floor, min_photos=args.outlier_min_photos,
                           fixed=args.outlier_fixed)

@@ -41,7 +41,7 @@ from pipeline.verification.aggregate import FLIP_FUSIONS, AggregationConfig
 from pipeline.verification.crops import ALIGNMENT_SOURCES, NO_FACE_POLICIES, DetectorSettings, parse_sources
 from pipeline.verification.metrics import DEFAULT_FARS
 from pipeline.verification.protocols import IJB_TARGETS, read_ijb, read_lfw, read_pairs_csv
-from pipeline.verification.recognizer import ARCFACE_MEAN, ARCFACE_STD, OnnxRecognizerConfig, Preprocess, parse_triplet
+from pipeline.verification.recognizer import OnnxRecognizerConfig, add_preprocess_arguments, preprocess_from_args
 from pipeline.verification.runner import EvaluationConfig, evaluate, format_table, write_report
 from pipeline.verification.study import StudyConfig, default_variants, run_study, write_study
 
@@ -57,10 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, help="photo folder of --pairs (default: the CSV's folder) or of --lfw")
     p.add_argument("--target", default="ijbc", choices=IJB_TARGETS, help="meta file prefix for --ijbc")
     p.add_argument("--model", type=Path, required=True, help="ArcFace-style ONNX recogniser (square input)")
-    p.add_argument("--rgb", action="store_true", help="the model takes RGB (default BGR)")
-    p.add_argument("--mean", default=",".join(map(str, ARCFACE_MEAN)),
-                   help="per-channel mean in [0,1] units, model channel order (default 0.5,0.5,0.5)")
-    p.add_argument("--std", default=",".join(map(str, ARCFACE_STD)), help="per-channel std in [0,1] units")
+    add_preprocess_arguments(p)
     p.add_argument("--batch-size", type=int, default=32, help="recogniser batch (models with a fixed batch use theirs)")
     p.add_argument("--align", default=None,
                    help=f"comma-separated alignment sources from {','.join(ALIGNMENT_SOURCES)} "
@@ -148,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         protocol = read_ijb(args.ijbc, target=args.target)
     recognizer = OnnxRecognizerConfig(
         model=args.model, batch_size=args.batch_size,
-        preprocess=Preprocess(rgb=args.rgb, mean=parse_triplet(args.mean, what="--mean"),
-                              std=parse_triplet(args.std, what="--std")),
+        preprocess=preprocess_from_args(args),
     )
     if args.study:
         return run_study_command(args, protocol, recognizer)

@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from common.fsio import TEMP_MARKER, atomic_write_bytes, atomic_write_text, temp_path
 from pipeline.images import DEFAULT_MAX_PIXELS, read_image
 from pipeline.manifest import compact_manifest, iter_manifest
+from pipeline.writers import identity_of
 
 __all__ = [
     "FILES_NAME", "MEASURES", "PROBLEM_KINDS", "REPORT_NAME", "Histogram", "MeasureSpec", "ReportConfig",
@@ -461,8 +462,7 @@ def _identity(record: Mapping[str, Any]) -> str:
     name = record.get("identity")
     if isinstance(name, str) and name:
         return name
-    parts = PurePosixPath(record["src"]).parts
-    return parts[0] if len(parts) > 1 else NO_FOLDER
+    return identity_of(record["src"]) or NO_FOLDER
 
 
 def _kinds(record: Mapping[str, Any]) -> list[str]:

@@ -36,7 +36,7 @@ from pipeline.manifest import ManifestWriter, compact_manifest, iter_manifest, l
 __all__ = [
     "FORMATS", "TEMP_MARKER", "CropWriter", "FolderCropWriter", "ManifestWriter", "OutputLayout", "RecordIOCropWriter",
     "RecordSink", "WebDatasetCropWriter", "atomic_write_bytes", "atomic_write_text", "compact_manifest",
-    "encode_crop", "identity_labels", "iter_manifest", "load_manifest", "make_writer", "outputs_complete",
+    "encode_crop", "identity_labels", "identity_of", "iter_manifest", "load_manifest", "make_writer", "outputs_complete",
     "remove_temporaries",
 ]
 
@@ -89,9 +89,15 @@ def encode_crop(crop: np.ndarray, ext: str, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def identity_of(rel: str) -> str | None:
+    """The identity of a photo: its top-level folder under ``src`` (``None`` directly under it)."""
+    parts = PurePosixPath(rel).parts
+    return parts[0] if len(parts) > 1 else None
+
+
 def identity_labels(inputs: Iterable[str]) -> dict[str, int]:
     """Label of each top-level folder: its index among the sorted folders of ``inputs``."""
-    folders = sorted({PurePosixPath(rel).parts[0] for rel in inputs if len(PurePosixPath(rel).parts) > 1})
+    folders = sorted({name for name in map(identity_of, inputs) if name is not None})
     return {name: i for i, name in enumerate(folders)}
 
 
@@ -251,8 +257,7 @@ class _ShardSink(RecordSink):
             if self._tar is None:
                 self._open()
             record = json.loads(line)
-            parts = PurePosixPath(record["src"]).parts
-            identity = parts[0] if len(parts) > 1 else None
+            identity = identity_of(record["src"])
             outputs = []
             for j, data in enumerate(crops):
                 key = f"{self.next_shard:06d}-{self._samples:06d}"

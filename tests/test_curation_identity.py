@@ -24,7 +24,8 @@ from pipeline.curation.identity import (
 )
 from pipeline.images import read_image
 from pipeline.job import AlignJobConfig, JobConfigError, run_align_job
-from pipeline.job.identity import EMBEDDINGS_INDEX_NAME, EMBEDDINGS_NAME, identity_of
+from pipeline.job.identity import EMBEDDINGS_INDEX_NAME, EMBEDDINGS_NAME
+from pipeline.writers import identity_of
 from pipeline.select import select_faces
 from pipeline.verification.recognizer import OnnxRecognizerConfig, Preprocess
 from tests.shared import asset

@@ -57,10 +57,11 @@ from pipeline.job.config import MANIFEST_NAME, STATUS_ERROR, AlignJobConfig, Job
 from pipeline.job.stages import FaceCropPredictor
 from pipeline.select import select_faces
 from pipeline.verification.recognizer import OnnxRecognizerConfig
+from pipeline.writers import identity_of
 
 __all__ = [
     "CENTRES_NAME", "EMBEDDINGS_INDEX_NAME", "EMBEDDINGS_NAME", "PARTS_DIR", "EmbeddingStore", "FaceEmbedPredictor",
-    "IdentityCropPredictor", "IdentityTable", "actor_recognizer", "check_recognizer", "identity_of",
+    "IdentityCropPredictor", "IdentityTable", "actor_recognizer", "check_recognizer",
     "identity_summary", "prepare_identities", "recognizer_fingerprint",
 ]
 
@@ -75,12 +76,6 @@ PART_ROWS = 8192
 _STATE_NAME = "consolidated.json"
 _PART_RE = re.compile(r"^part-(\d{6,})\.(npy|jsonl)$")
 _MATCH_IOU = 0.5
-
-
-def identity_of(rel: str) -> str | None:
-    """The identity of a photo: its top-level folder under ``src`` (``None`` directly under it)."""
-    parts = rel.split("/", 1)
-    return parts[0] if len(parts) == 2 else None
 
 
 # ------------------------------------------------------------------------------------------- driver checks

@@ -350,19 +350,27 @@ def read_pairs_csv(path: Path | str, *, root: Path | str | None = None) -> Verif
             labels.append(label)
     if not pairs:
         raise ProtocolError(path, None, "no pairs")
+    return _photo_templates("pairs_csv", path, root, file_index, pairs, labels)
+
+
+def _photo_templates(name: str, source: Path, image_root: Path, file_index: dict[str, int],
+                     pairs: list[tuple[int, int]], labels: list[bool], folds: list[int] | None = None) -> VerificationProtocol:
+    """A protocol where every photo (``file_index``: name -> index, in insertion order) is its own
+    template with one media, as the pairs CSV and LFW are."""
     images = tuple(file_index)
     ids = np.arange(len(images), dtype=np.int64)
     return VerificationProtocol(
-        name="pairs_csv",
-        source=path,
-        image_root=root,
+        name=name,
+        source=source,
+        image_root=image_root,
         images=images,
         face_image=ids.copy(),
         face_template=ids.copy(),
         face_media=ids.copy(),
-        pairs=np.asarray(pairs, dtype=np.int64),
+        pairs=np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
         labels=np.asarray(labels, dtype=bool),
-        template_names={i: name for i, name in enumerate(images)},
+        template_names=dict(enumerate(images)),
+        folds=None if folds is None else np.asarray(folds, dtype=np.int64),
     )
 
 
@@ -444,18 +452,4 @@ def read_lfw(root: Path | str, *, pairs: Path | str | None = None, images: Path 
         folds.append(index // (2 * per_class))
     if len(pair_list) != expected:
         raise ProtocolError(pairs_path, None, f"{len(pair_list)} pair lines, expected {n_folds} folds x 2 x {per_class} = {expected}")
-    images_ = tuple(file_index)
-    ids = np.arange(len(images_), dtype=np.int64)
-    return VerificationProtocol(
-        name="lfw",
-        source=pairs_path,
-        image_root=image_root,
-        images=images_,
-        face_image=ids.copy(),
-        face_template=ids.copy(),
-        face_media=ids.copy(),
-        pairs=np.asarray(pair_list, dtype=np.int64),
-        labels=np.asarray(labels, dtype=bool),
-        template_names={i: name for i, name in enumerate(images_)},
-        folds=np.asarray(folds, dtype=np.int64),
-    )
+    return _photo_templates("lfw", pairs_path, image_root, file_index, pair_list, labels, folds)

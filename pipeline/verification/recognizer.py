@@ -35,6 +35,22 @@ def parse_triplet(text: str, *, what: str) -> tuple[float, float, float]:
     return a, b, c
 
 
+def add_preprocess_arguments(group: Any) -> None:
+    """The recogniser's normalisation flags ``--rgb --mean --std`` (shared by the align job's
+    ``--recognizer`` and ``jobs/eval_verification.py``); :func:`preprocess_from_args` reads them."""
+    group.add_argument("--rgb", action="store_true", help="the recogniser takes RGB (default BGR)")
+    group.add_argument("--mean", default=",".join(map(str, ARCFACE_MEAN)),
+                       help="recogniser per-channel mean in [0,1] units, model channel order (default 0.5,0.5,0.5)")
+    group.add_argument("--std", default=",".join(map(str, ARCFACE_STD)),
+                       help="recogniser per-channel std in [0,1] units (default 0.5,0.5,0.5)")
+
+
+def preprocess_from_args(args: Any) -> "Preprocess":
+    """:class:`Preprocess` from the flags of :func:`add_preprocess_arguments` (``ValueError`` names the flag)."""
+    return Preprocess(rgb=args.rgb, mean=parse_triplet(args.mean, what="--mean"),
+                      std=parse_triplet(args.std, what="--std"))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Preprocess:
     """``x = (pixel / 255 - mean) / std`` per channel, in the model's channel order.

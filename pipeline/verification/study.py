@@ -18,6 +18,7 @@ variants with ``use_fallbacks=False`` exclude them and count them instead.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.fsio import atomic_write_text
 from detector.config import ResizePolicy
 from detector.spec import DetectorSpec
 from pipeline.align import center_crop
@@ -372,10 +374,6 @@ def run_study(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, c
 
 def write_study(result: StudyResult, out_dir: Path | str) -> dict[str, Path]:
     """``study.json`` (every row with its settings, and the throughput) and ``study.md`` (the table)."""
-    import json
-
-    from common.fsio import atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "study.json", "markdown": out / "study.md"}
