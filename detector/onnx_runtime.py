@@ -1,9 +1,11 @@
 """RetinaFace exported to ONNX (:mod:`detector.export`), run by onnxruntime or OpenVINO.
 
 :class:`OnnxRetinaFace` is the ``onnxruntime`` / ``openvino`` runtime of the RetinaFace family
-(:class:`detector.spec.DetectorSpec`). Only the forward pass differs from the eager
-:class:`detector.inference.Detector`: preprocessing is the same :class:`RetinaFaceInput` and decoding
-(threshold, top-k, decode, NMS) the same :class:`RetinaFacePostprocess`, in torch on the CPU.
+(:class:`detector.spec.DetectorSpec`). The resize is the eager path's (the reference's float32
+bilinear resize) and decoding (threshold, top-k, decode, NMS) the same
+:class:`RetinaFacePostprocess`, in torch on the CPU. The rest of the preprocessing (channel order,
+mean, layout) belongs to the session (:class:`detector.onnx_session.PixelInput`): OpenVINO runs it
+inside the compiled graph, so a photo goes in as its float32 pixels with no other copy.
 
 Mixed-size batches: the eager path masks the padding of a padded batch inside the network (forward
 hooks), which a fixed graph cannot do. Here the images are grouped by their size after resizing and
@@ -16,9 +18,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import cv2
 import numpy as np
 
-from .api import Detections, PostprocessConfig
+from .api import Detections, PostprocessConfig, as_bgr_uint8, check_image_list
 from .config import ModelConfig, ResizePolicy
 from .hub import CheckpointError
 from .onnx_models import OUTPUT_NAMES, inspect_onnx
@@ -41,14 +44,25 @@ class OnnxRetinaFace:
     (or a ``Tensor[B, 3, H, W]`` of BGR pixels) and returns one :class:`Detections` per image, CPU
     torch tensors in original-image pixels.
 
-    ``bf16`` (OpenVINO) keeps the backbone in f32 (:attr:`BF16_KEEP_F32`): in plain bf16 the
-    MobileNet-0.25 trunk loses small faces (on the golden photos 2 of 378 faces at score >= 0.5 no
-    longer found at IoU >= 0.7); with the trunk in f32 all are found, landmarks within 0.2 % of the
-    box width (p95), at about 1.2x the plain-bf16 time and 0.65x the fp32 time (one thread).
+    ``bf16`` (OpenVINO) keeps some convolutions in f32 (:attr:`BF16_KEEP_F32`, per backbone). On the
+    golden photos, plain bf16 moves the boxes of two 16-pixel faces (of 378 at score >= 0.5) to IoU
+    0.67-0.68 with their fp32 boxes. MobileNet-0.25 keeps its depthwise convolutions (and the stem)
+    in f32: few multiply-adds, memory-bound, so bf16 saves little there, and with them in f32 every
+    face is found (landmarks median 0.2 %, p95 0.6 % of the box width) at about 1.15x the plain-bf16
+    time (0.6x fp32); the pointwise convolutions, FPN, SSH and heads run in bf16. Other backbones keep
+    the whole trunk in f32 (not measured further).
     """
 
-    #: node-name patterns (ONNX names of our export) that OpenVINO bf16 keeps in f32
-    BF16_KEEP_F32: tuple[str, ...] = (r"^/body/",)
+    #: node-name patterns (ONNX names of our export) that OpenVINO bf16 keeps in f32, per backbone
+    BF16_KEEP_F32: dict[str, tuple[str, ...]] = {
+        "mobilenet0.25": (r"^/body/stage\d/stage\d\.\d+/stage\d\.\d+\.0/",),  # stem + depthwise convs
+    }
+    BF16_KEEP_F32_DEFAULT: tuple[str, ...] = (r"^/body/",)
+
+    @classmethod
+    def bf16_keep_f32(cls, config: ModelConfig) -> tuple[str, ...]:
+        """The node-name patterns kept in f32 under OpenVINO bf16 for ``config``'s backbone."""
+        return cls.BF16_KEEP_F32.get(config.backbone, cls.BF16_KEEP_F32_DEFAULT)
 
     def __init__(self, session: "OnnxSession", config: ModelConfig, *,
                  resize: "ResizePolicy | str | int | None" = None,
@@ -65,6 +79,21 @@ class OnnxRetinaFace:
         self.inputs = RetinaFaceInput(config, device="cpu")
         self.decoder = RetinaFacePostprocess(config, postprocess)
         self._order = [list(session.output_names).index(n) for n in OUTPUT_NAMES]
+        # float32 pixel buffers by shape, reused from call to call (a fresh multi-megabyte array per
+        # photo costs more in page faults than the conversion itself); see _pixels
+        self._buffers: dict[tuple[int, ...], np.ndarray] = {}
+        if getattr(session, "pixels", None) is None:
+            raise ValueError("OnnxRetinaFace needs a session opened with pixels=OnnxRetinaFace.pixel_input(config)")
+
+    @staticmethod
+    def pixel_input(config: ModelConfig):
+        """The :class:`~detector.onnx_session.PixelInput` of a preset (its channel order, mean, std)."""
+        from .onnx_session import PixelInput
+
+        rgb = config.channel_order == "RGB"
+        order = [2, 1, 0] if rgb else [0, 1, 2]
+        return PixelInput(mean=tuple(float(config.mean_bgr[i]) for i in order),
+                          std=tuple(float(config.std[i]) for i in order), rgb=rgb)
 
     @property
     def postprocess_config(self) -> PostprocessConfig:
@@ -84,7 +113,7 @@ class OnnxRetinaFace:
         """Open one of our exported files (its metadata says the architecture and preprocessing).
 
         ``bf16_keep_f32``: node-name patterns kept in f32 under OpenVINO bf16 (default
-        :attr:`BF16_KEEP_F32`; ``()`` runs the whole network in bf16)."""
+        :meth:`bf16_keep_f32` of the file's preset; ``()`` runs the whole network in bf16)."""
         from .onnx_session import open_session
 
         info = inspect_onnx(path)
@@ -94,9 +123,10 @@ class OnnxRetinaFace:
         if preset is not None and preset != info.model_config.name:
             raise CheckpointError(f"{path}: exported from the {info.model_config.name!r} preset, not {preset!r}; "
                                   "an ONNX file fixes its architecture: drop --preset")
-        keep = cls.BF16_KEEP_F32 if bf16_keep_f32 is None else tuple(bf16_keep_f32)
+        keep = cls.bf16_keep_f32(info.model_config) if bf16_keep_f32 is None else tuple(bf16_keep_f32)
         session = open_session(path, runtime=runtime, precision=precision, device=device, threads=threads,
-                               keep_f32=keep if precision == "bf16" else ())
+                               keep_f32=keep if precision == "bf16" else (),
+                               pixels=cls.pixel_input(info.model_config))
         return cls(session, info.model_config, resize=resize, postprocess=postprocess or PostprocessConfig(),
                    path=path)
 
@@ -117,16 +147,56 @@ class OnnxRetinaFace:
                              preset=preset)
 
     # ------------------------------------------------------------------ inference
-    def forward(self, batch: "Tensor") -> "RetinaFaceOutput":
-        """Raw outputs of one unpadded preprocessed batch (``Tensor[B, 3, H, W]``, any layout)."""
+    def _run(self, pixels: np.ndarray) -> "RetinaFaceOutput":
+        """Raw outputs for float32 ``[B, H, W, 3]`` BGR pixels (resized, not normalised)."""
         import torch
 
         from .model import RetinaFaceOutput
 
-        # RetinaFaceInput hands out a channels_last view: the runtimes want contiguous NCHW
-        x = batch.detach().float().cpu().contiguous().numpy()
-        outputs = self.session.run(x)
+        # no copy: the outputs are decoded before the next run reuses the request's buffers
+        outputs = self.session.run(pixels, copy=False)
         return RetinaFaceOutput(*(torch.from_numpy(np.asarray(outputs[i])) for i in self._order))
+
+    def forward(self, batch: "Tensor") -> "RetinaFaceOutput":
+        """Raw outputs of one unpadded preprocessed batch (``Tensor[B, 3, H, W]`` as
+        :class:`~detector.inference.RetinaFaceInput` makes it: normalised, network channel order)."""
+        pixels = self.session.pixels
+        x = batch.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+        x = x * np.asarray(pixels.std, np.float32) + np.asarray(pixels.mean, np.float32)
+        if pixels.rgb:
+            x = x[..., ::-1]
+        return self._run(np.ascontiguousarray(x, np.float32))
+
+    def _pixels(self, images: Sequence[np.ndarray],
+                policy: ResizePolicy) -> tuple[list[np.ndarray], list[float]]:
+        """Each image as float32 pixels at its detector size (the reference's resize), and its scale.
+
+        The arrays of a one-image call are this detector's reused buffers: valid until the next call."""
+        check_image_list(images)
+        out, scales = [], []
+        single = len(images) == 1
+        for i, img in enumerate(images):
+            img = as_bgr_uint8(img, i)
+            s = policy.scale(img.shape[0], img.shape[1])
+            pixels = self._buffer(img.shape, single and s == 1.0)
+            np.copyto(pixels, img)
+            if s != 1.0:  # exactly the eager path's (and the reference's) resize
+                # (dsize None, as the reference: cv2 derives it from fx, fy; dst only lends memory)
+                dst = self._buffer((round(img.shape[0] * s), round(img.shape[1] * s), 3), single)
+                pixels = cv2.resize(pixels, None, dst, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+            out.append(pixels)
+            scales.append(s)
+        return out, scales
+
+    def _buffer(self, shape: tuple[int, ...], reuse: bool) -> np.ndarray:
+        if not reuse:
+            return np.empty(shape, np.float32)
+        buf = self._buffers.get(shape)
+        if buf is None:
+            if len(self._buffers) >= 8:  # photos of many sizes: keep the latest few
+                self._buffers.pop(next(iter(self._buffers)))
+            buf = self._buffers[shape] = np.empty(shape, np.float32)
+        return buf
 
     def detect(self, images: "Sequence[np.ndarray] | Tensor", *,
                resize: "ResizePolicy | str | int | None" = None, conf_threshold: float | None = None,
@@ -138,20 +208,18 @@ class OnnxRetinaFace:
         cfg = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
                                                top_k=top_k, keep_top_k=keep_top_k)
         policy = self.resize if resize is None else ResizePolicy.parse(resize)
-        batch, scales, sizes = self.inputs(images, policy)
-        h, w = int(batch.shape[2]), int(batch.shape[3])
+        if isinstance(images, torch.Tensor):  # BGR pixels: the eager path's tensor preprocessing
+            batch, scales, sizes = self.inputs(images, policy)
+            return self.decoder(self.forward(batch), tuple(batch.shape[2:]), scales, cfg)
+        pixels, scale_list = self._pixels(images, policy)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, (vh, vw) in enumerate(sizes.round().to(torch.int64).tolist()):
-            groups.setdefault((vh, vw), []).append(i)
-        results: list[Any] = [None] * len(sizes)
-        for (gh, gw), index in groups.items():
-            if len(groups) == 1 and (gh, gw) == (h, w):
-                part, part_scales = batch, scales
-            else:
-                idx = torch.tensor(index)
-                part, part_scales = batch[idx, :, :gh, :gw], scales[idx]
-            dets = self.decoder(self.forward(part), (gh, gw), part_scales, cfg)
-            for i, det in zip(index, dets):
+        for i, p in enumerate(pixels):
+            groups.setdefault(p.shape[:2], []).append(i)
+        results: list[Any] = [None] * len(pixels)
+        for hw, index in groups.items():
+            part = pixels[index[0]][None] if len(index) == 1 else np.stack([pixels[i] for i in index])
+            part_scales = torch.tensor([scale_list[i] for i in index], dtype=torch.float32)
+            for i, det in zip(index, self.decoder(self._run(part), hw, part_scales, cfg)):
                 results[i] = det
         return results
 

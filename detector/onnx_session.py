@@ -3,6 +3,11 @@
 :func:`open_session` gives an :class:`OnnxSession`: ``run(x: float32 NCHW array) -> list of the
 model's outputs`` (numpy, in the file's output order), whatever the runtime. The detector families
 (:mod:`detector.onnx_runtime` for RetinaFace, :mod:`detector.scrfd` for SCRFD) only deal with this.
+
+With ``pixels=PixelInput(...)`` the session takes raw pixels instead: ``run(x)`` with ``x`` a
+float32 ``[B, H, W, 3]`` BGR array, and the session applies the channel order, mean and std and
+the NHWC -> NCHW change itself: OpenVINO inside the compiled graph (its ``PrePostProcessor``,
+fused with the first convolution), onnxruntime in numpy.
 """
 
 from __future__ import annotations
@@ -19,7 +24,29 @@ import numpy as np
 
 from .hub import CheckpointError
 
-__all__ = ["OnnxSession", "open_session"]
+__all__ = ["OnnxSession", "PixelInput", "open_session"]
+
+
+@dataclass(frozen=True)
+class PixelInput:
+    """How a network's NCHW input is made from raw ``[B, H, W, 3]`` BGR pixels:
+    ``(pixels[..., order] - mean) / std``, with ``mean`` and ``std`` in the network's channel order.
+
+    ``rgb``: the network takes RGB (the channels are reversed first).
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    rgb: bool = False
+
+    def to_nchw(self, x: np.ndarray) -> np.ndarray:
+        """The network input for raw pixels ``x`` (numpy; what OpenVINO does in its graph)."""
+        if self.rgb:
+            x = x[..., ::-1]
+        x = x - np.asarray(self.mean, np.float32)
+        if any(v != 1.0 for v in self.std):
+            x /= np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 class OnnxSession(Protocol):
@@ -27,7 +54,9 @@ class OnnxSession(Protocol):
     input_name: str
     output_names: tuple[str, ...]
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]: ...
+    def run(self, x: np.ndarray, *, copy: bool = True) -> list[np.ndarray]:
+        """Outputs for input ``x``; ``copy=False`` may return views the next ``run`` overwrites."""
+        ...
 
 
 @dataclass
@@ -36,9 +65,12 @@ class _OrtSession:
     runtime: str
     input_name: str
     output_names: tuple[str, ...]
+    pixels: PixelInput | None = None
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, {self.input_name: x})
+    def run(self, x: np.ndarray, *, copy: bool = True) -> list[np.ndarray]:
+        if self.pixels is not None:
+            x = self.pixels.to_nchw(x)
+        return self.session.run(None, {self.input_name: x})  # fresh arrays: copy or not
 
 
 @dataclass
@@ -47,11 +79,12 @@ class _OpenVinoSession:
     runtime: str
     input_name: str
     output_names: tuple[str, ...]
+    pixels: PixelInput | None = None
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        result = self.request.infer({0: x}, share_inputs=True)
-        # copy: the request's output buffers are reused by the next call
-        return [np.array(result[i]) for i in range(len(self.output_names))]
+    def run(self, x: np.ndarray, *, copy: bool = True) -> list[np.ndarray]:
+        """``copy=False``: views of the request's output buffers, valid until the next ``run``."""
+        result = self.request.infer({0: x}, share_inputs=True, share_outputs=not copy)
+        return [np.array(result[i]) if copy else result[i] for i in range(len(self.output_names))]
 
 
 def _ort_providers(device: str, precision: str) -> list[Any]:
@@ -118,6 +151,24 @@ def _openvino_model(core: Any, path: Path, keep_f32: tuple[str, ...]) -> tuple[A
     return core.read_model(xml, ov.Tensor(weights)), pattern
 
 
+def _with_pixel_input(model: Any, pixels: PixelInput) -> Any:
+    """``model`` taking raw f32 NHWC BGR pixels: channel order, mean, std and layout in the graph."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    entry = ppp.input()
+    entry.tensor().set_element_type(ov.Type.f32).set_layout(ov.Layout("NHWC"))
+    entry.model().set_layout(ov.Layout("NCHW"))
+    steps = entry.preprocess()
+    if pixels.rgb:
+        steps.reverse_channels()
+    steps.mean(list(pixels.mean))
+    if any(v != 1.0 for v in pixels.std):
+        steps.scale(list(pixels.std))
+    return ppp.build()
+
+
 def _check_kept_f32(compiled: Any, pattern: "re.Pattern[str]", path: Path) -> None:
     """Warn if OpenVINO ran the layers meant to stay f32 in bf16 (an OpenVINO without the attribute)."""
     lowered = []
@@ -133,7 +184,8 @@ def _check_kept_f32(compiled: Any, pattern: "re.Pattern[str]", path: Path) -> No
 
 
 def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp32", device: str = "cpu",
-                 threads: int | None = None, keep_f32: Sequence[str] = ()) -> OnnxSession:
+                 threads: int | None = None, keep_f32: Sequence[str] = (),
+                 pixels: PixelInput | None = None) -> OnnxSession:
     """Load ``path`` on ``runtime`` (``"onnxruntime"`` or ``"openvino"``).
 
     ``precision``: OpenVINO runs ``bf16`` through its inference-precision hint (the file stays
@@ -141,6 +193,7 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
     ``threads``: intra-op threads (``None``: the runtime's default, every core).
     ``keep_f32``: with OpenVINO bf16, regular expressions of node names (as the ONNX file names
     them, e.g. ``^/body/``) that keep running in f32 (a warning if OpenVINO does not honour it).
+    ``pixels``: the session takes raw ``[B, H, W, 3]`` BGR pixels (see :class:`PixelInput`).
     """
     path = Path(path)
     if runtime == "onnxruntime":
@@ -156,7 +209,7 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
         except Exception as exc:  # onnxruntime raises its own exception types on a bad file
             raise CheckpointError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
         return _OrtSession(session, "onnxruntime", session.get_inputs()[0].name,
-                           tuple(o.name for o in session.get_outputs()))
+                           tuple(o.name for o in session.get_outputs()), pixels)
     if runtime == "openvino":
         import openvino as ov
 
@@ -169,11 +222,13 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             model, kept = _openvino_model(core, path, tuple(keep_f32) if precision == "bf16" else ())
+            names = (model.inputs[0].get_any_name(), tuple(o.get_any_name() for o in model.outputs))
+            if pixels is not None:
+                model = _with_pixel_input(model, pixels)
             compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
             raise CheckpointError(f"{path}: OpenVINO cannot load it: {str(exc).splitlines()[0]}") from exc
         if kept is not None:
             _check_kept_f32(compiled, kept, path)
-        return _OpenVinoSession(compiled.create_infer_request(), "openvino", model.inputs[0].get_any_name(),
-                                tuple(o.get_any_name() for o in model.outputs))
+        return _OpenVinoSession(compiled.create_infer_request(), "openvino", names[0], names[1], pixels)
     raise ValueError(f"open_session: runtime must be onnxruntime or openvino, got {runtime!r}")
