@@ -439,6 +439,36 @@ def test_bad_files_get_error_records_and_the_exit_code_says_so(bad_tree_run):
 
 
 @pytest.mark.slow
+def test_the_three_stage_layout_gives_the_records_of_the_fused_actors(bad_tree_run, tmp_path, mobilenet_weights):
+    """CPU actors read and write themselves (one stage); ``--decode tasks`` keeps read tasks that
+    decode and write tasks (the GPU layout). Same tree, same command otherwise, same records."""
+    src, dst, expected, code = bad_tree_run
+    staged = tmp_path / "staged"
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import align_dataset
+    finally:
+        sys.path.pop(0)
+    assert align_dataset.main([
+        "--src", str(src), "--dst", str(staged), "--weights", str(mobilenet_weights), "--select", "all",
+        "--format", "recordio", "--num-workers", "2", "--batch-size", "3", "--no-progress", "--decode", "tasks",
+    ]) == code == EXIT_FILES_FAILED
+    assert "decoding in the read tasks" in json.loads((staged / "summary.json").read_text())["plan"]
+    assert "reading, decoding and writing in the actors" in json.loads((dst / "summary.json").read_text())["plan"]
+    keys = ("status", "error", "selected", "outputs")
+    fused = {r["src"]: r for r in _manifest_lines(dst)}
+    three = {r["src"]: r for r in _manifest_lines(staged)}
+    assert {k: [r[x] for x in keys] for k, r in three.items()} == {k: [r[x] for x in keys] for k, r in fused.items()}
+    assert len(fused) == len(expected)
+    # the read tasks decode full photos, the fused actors JPEG drafts: the same faces, to a fraction of a pixel
+    for rel, r in fused.items():
+        assert len(three[rel]["faces"]) == len(r["faces"]), rel
+        for a, b in zip(three[rel]["faces"], r["faces"]):
+            np.testing.assert_allclose(a["box"] + sum(a["landmarks"], []), b["box"] + sum(b["landmarks"], []), atol=1.0)
+            assert a["score"] == pytest.approx(b["score"], abs=0.01)
+
+
+@pytest.mark.slow
 def test_recordio_reads_back_as_arcface_torch_expects(bad_tree_run):
     """Acceptance 4: same images and labels; header record semantics of MXFaceDataset."""
     src, dst, _, _ = bad_tree_run

@@ -8,8 +8,12 @@ Pipeline (one streaming Ray Data dataset)::
       -> write_crops       CPU tasks: encode, write through the output writer, build the records
       -> driver            the writer's sink appends records to ``dst/manifest.jsonl``; progress bar
 
-A chunk (:func:`pipeline.job.plan.guided_chunks`) is one Ray block: one read task, one actor call,
-one write task. The driver and the read/write tasks never import torch; the actors import only the
+That is the GPU layout. CPU actors run read_images and write_crops themselves
+(:func:`pipeline.job.stages.with_io`, :attr:`pipeline.job.plan.WorkerPlan.fused`): one actor call
+per chunk and no other tasks, since every Ray task costs CPU that a small machine takes from the
+actors. A chunk (:func:`pipeline.job.plan.guided_chunks`) is one Ray block: one read task, one
+actor call, one write task (or the one actor call). The driver and the read/write tasks never
+import torch; the actors import only the
 runtime their :class:`detector.spec.DetectorSpec` names. Before Ray starts, the driver checks
 ``src``, ``dst`` and the detector (weights readable and of the right kind, runtime installed):
 a bad setting is one :class:`JobConfigError` line, and nothing is written.
@@ -41,7 +45,7 @@ from pipeline.job.identity import (
 from pipeline.job.nodes import NODE_COLUMN, keep_node, tag_node, watch_progress
 from pipeline.job.plan import TASKS_IN_FLIGHT_PER_ACTOR, JobPlan
 from pipeline.job.resume import check_fingerprint, check_paths, done_inputs, exclusive, final_counts, list_inputs
-from pipeline.job.stages import FaceCropPredictor, read_images, write_crops
+from pipeline.job.stages import FaceCropPredictor, read_images, with_io, write_crops
 from pipeline.job.summary import JobSummary, RunStats, make_summary
 from pipeline.manifest import ManifestWriter, compact_manifest
 from pipeline.report import ReportConfig, ReportError, build_report
@@ -101,17 +105,21 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
     ds.context.enable_progress_bars = False  # our own bar counts manifest records
     if plan.budget is not None:
         ds.context.execution_options.resource_limits = ExecutionResources.for_limits(object_store_memory=plan.budget)
-    ds = ds.map_batches(
-        read_images, batch_size=None, batch_format="numpy", num_cpus=workers.read_cpus,
-        fn_kwargs={"src_root": str(config.src.resolve()), "decode": workers.decode_in_tasks,
-                   "max_pixels": config.align.max_pixels, "exif_orientation": config.align.exif_orientation},
-    )
+    read = {"src_root": str(config.src.resolve()), "decode": workers.decode_in_tasks,
+            "max_pixels": config.align.max_pixels, "exif_orientation": config.align.exif_orientation}
+    write = None if writer is None else {"writer": writer, "crop_shape": config.align.crop_shape}
+    if not workers.fused:
+        ds = ds.map_batches(read_images, batch_size=None, batch_format="numpy", num_cpus=workers.read_cpus,
+                            fn_kwargs=read)
     actor_spec = dataclasses.replace(spec, device=workers.device, threads=workers.threads)
     predictor, extra = FaceCropPredictor, {}
     if config.recognizer is not None:  # the identity passes (pipeline.job.identity)
         predictor = IdentityCropPredictor if writer is not None else FaceEmbedPredictor
         if writer is None:
             extra["recognizer"] = actor_recognizer(config.recognizer, device=workers.device, threads=workers.threads)
+    if workers.fused:  # CPU actors: read, decode, detect, align, write, all in the actor
+        predictor = with_io(predictor)
+        extra.update(read=read, write=write)
     if writer is not None:  # the crop pass records the node of each chunk's actor (summary)
         predictor = tag_node(predictor)
     ds = ds.map_batches(
@@ -125,12 +133,10 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
                                "detect_batch_size": workers.detect_batch_size, "on_no_face": config.on_no_face,
                                "draft": not config.exact, "quality_filter": config.quality_filter, **extra},
     )
-    if writer is None:
+    if writer is None or workers.fused:
         return ds
-    return ds.map_batches(
-        keep_node(write_crops), batch_size=None, batch_format="numpy", num_cpus=workers.write_cpus,
-        fn_kwargs={"writer": writer, "crop_shape": config.align.crop_shape},
-    )
+    return ds.map_batches(keep_node(write_crops), batch_size=None, batch_format="numpy",
+                          num_cpus=workers.write_cpus, fn_kwargs=write)
 
 
 def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: list[str], spec: DetectorSpec,
