@@ -16,9 +16,9 @@ import os
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 
@@ -75,15 +75,48 @@ class _OrtSession:
 
 @dataclass
 class _OpenVinoSession:
+    """An OpenVINO session: one request of the dynamic-shape model, plus static-shape ones.
+
+    OpenVINO runs a model compiled for one fixed input shape ~8 % faster than the dynamic-shape
+    model (measured, MobileNet-0.25 at 640x480, one thread). An input shape met
+    :attr:`STATIC_AFTER` times gets its own compiled model (~0.3 s to compile), for at most
+    :attr:`MAX_STATIC` shapes per session, never evicted: photos of one size (video frames, a
+    curated set) run on it, photos of many sizes keep the dynamic model and never thrash."""
+
     request: Any
     runtime: str
     input_name: str
     output_names: tuple[str, ...]
     pixels: PixelInput | None = None
+    compile_static: Callable[[tuple[int, ...]], Any] | None = None
+    seen: dict[tuple[int, ...], int] = field(default_factory=dict)
+    static: dict[tuple[int, ...], Any] = field(default_factory=dict)
+
+    STATIC_AFTER: ClassVar[int] = 16
+    MAX_STATIC: ClassVar[int] = 4
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        request = self.static.get(shape)
+        if request is not None:
+            return request
+        if self.compile_static is None or len(self.static) >= self.MAX_STATIC:
+            return self.request
+        if len(self.seen) > 4096:  # many different sizes: start counting afresh
+            self.seen.clear()
+        count = self.seen[shape] = self.seen.get(shape, 0) + 1
+        if count < self.STATIC_AFTER:
+            return self.request
+        try:
+            request = self.static[shape] = self.compile_static(shape)
+        except Exception as exc:  # the dynamic model still works: keep it
+            warnings.warn(f"OpenVINO could not compile a {list(shape)} model ({exc}); staying dynamic", stacklevel=3)
+            self.compile_static = None
+            return self.request
+        return request
 
     def run(self, x: np.ndarray, *, copy: bool = True) -> list[np.ndarray]:
         """``copy=False``: views of the request's output buffers, valid until the next ``run``."""
-        result = self.request.infer({0: x}, share_inputs=True, share_outputs=not copy)
+        result = self._request(tuple(x.shape)).infer({0: x}, share_inputs=True, share_outputs=not copy)
         return [np.array(result[i]) if copy else result[i] for i in range(len(self.output_names))]
 
 
@@ -230,5 +263,12 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
             raise CheckpointError(f"{path}: OpenVINO cannot load it: {str(exc).splitlines()[0]}") from exc
         if kept is not None:
             _check_kept_f32(compiled, kept, path)
-        return _OpenVinoSession(compiled.create_infer_request(), "openvino", names[0], names[1], pixels)
+
+        def compile_static(shape: tuple[int, ...]) -> Any:
+            fixed = model.clone()
+            fixed.reshape(list(shape))
+            return core.compile_model(fixed, "CPU", config).create_infer_request()
+
+        return _OpenVinoSession(compiled.create_infer_request(), "openvino", names[0], names[1], pixels,
+                                compile_static)
     raise ValueError(f"open_session: runtime must be onnxruntime or openvino, got {runtime!r}")

@@ -362,3 +362,19 @@ def test_openvino_bf16_keeps_the_faces(exported_onnx, golden_results):
     assert found / total >= 0.995, f"{total - found} of {total} faces lost in bf16"
     assert np.median(errors) <= 0.5 and np.percentile(errors, 95) <= 1.5, (np.median(errors),
                                                                            np.percentile(errors, 95))
+
+
+def test_openvino_compiles_a_static_model_for_a_repeated_size(exported_onnx, same_size_images):
+    """An input shape met STATIC_AFTER times runs on its own fixed-shape model, with the same results;
+    at most MAX_STATIC of them."""
+    det = DetectorSpec(weights=exported_onnx, runtime="openvino").build()
+    session = det.session
+    small = [cv2.resize(img, (160, 120), interpolation=cv2.INTER_AREA) for img in same_size_images]
+    first = _as_rows(det.detect([small[0]], conf_threshold=0.1)[0])
+    for _ in range(session.STATIC_AFTER):
+        det.detect([small[0]], conf_threshold=0.1)
+    assert list(session.static) == [(1, 120, 160, 3)]
+    assert len(first) and np.abs(_as_rows(det.detect([small[0]], conf_threshold=0.1)[0]) - first).max() <= 1e-4
+    for i in range(2 * session.MAX_STATIC * session.STATIC_AFTER):  # many shapes: no more than MAX_STATIC
+        det.detect([small[1][: 96 + 8 * (i % (2 * session.MAX_STATIC))]], conf_threshold=0.1)
+    assert len(session.static) == session.MAX_STATIC
