@@ -40,7 +40,8 @@ class OnnxRetinaFace:
     """A :class:`detector.api.FaceDetector` over an exported RetinaFace ONNX file.
 
     Build it with ``DetectorSpec(runtime="openvino", ...).build()`` (or :meth:`from_spec` /
-    :meth:`from_onnx`). ``detect(images)`` takes a list of ``HxWx3`` uint8 BGR images of any sizes
+    :meth:`from_onnx`). One ``detect`` call at a time per instance (it reuses its pixel buffers and
+    its OpenVINO requests; one detector per thread or process). ``detect(images)`` takes a list of ``HxWx3`` uint8 BGR images of any sizes
     (or a ``Tensor[B, 3, H, W]`` of BGR pixels) and returns one :class:`Detections` per image, CPU
     torch tensors in original-image pixels.
 
