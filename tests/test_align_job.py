@@ -707,10 +707,12 @@ def test_a_detector_actor_killed_mid_job_is_replaced_and_nothing_is_lost(tmp_pat
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 256 KiB tmpfs (the suite runs as root, as CI does); unmounted afterwards."""
+    """A 1 MiB tmpfs (the suite runs as root, as CI does); unmounted afterwards. The actors write
+    their crops themselves, two chunks at once: the disk holds the first chunks' crops and their
+    manifest records before it fills."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
                           text=True)
     assert made.returncode == 0, f"cannot make a small file system for the test: {made.stderr.strip()}"
     yield mount
@@ -721,7 +723,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_stops_the_job_cleanly_and_a_rerun_after_freeing_space_completes(
         tmp_path, ray_session, mobilenet_weights, small_disk):
     src, dst = tmp_path / "raw", small_disk / "aligned"
-    rels = _kill_tree(src, 80)  # 80 PNG crops of ~30 KB: about 2.4 MB, ten times the disk
+    rels = _kill_tree(src, 80)  # 80 PNG crops of ~30 KB: about 2.4 MB, over twice the disk
     with pytest.raises(JobConfigError, match="no space left on the device"):
         run_align_job(_config(src, dst, mobilenet_weights, ext="png"))
     records = [json.loads(line) for line in (dst / "manifest.jsonl").read_bytes().splitlines()]
