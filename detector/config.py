@@ -73,8 +73,9 @@ class ModelConfig:
             (the paper's P6).
         anchors: anchor sizes and strides; one level per FPN output.
         variance: box-coding variances (centre, size), as in SSD / biubug6.
-        mean_bgr: per-channel mean subtracted from the input, in the channel order below.
-        std: per-channel divisor after mean subtraction (1 for the biubug6 weights).
+        mean_bgr: per-channel mean subtracted from the input, given in BGR order (an RGB network
+            gets it reordered: :meth:`network_mean_std`).
+        std: per-channel divisor after mean subtraction, BGR order too (1 for the biubug6 weights).
         channel_order: ``"BGR"`` or ``"RGB"``: the order the network expects.
         leaky: LeakyReLU slope in FPN/SSH (biubug6 uses 0.1 when out_channels <= 64, else ReLU).
         train_image_size: square training input size.
@@ -93,6 +94,12 @@ class ModelConfig:
     channel_order: str = "BGR"
     leaky: float = field(default=-1.0)
     train_image_size: int = 640
+
+    def network_mean_std(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """``mean_bgr`` and ``std`` (given in BGR order) in the network's :attr:`channel_order`."""
+        order = (0, 1, 2) if self.channel_order == "BGR" else (2, 1, 0)
+        return (tuple(float(self.mean_bgr[i]) for i in order),  # type: ignore[return-value]
+                tuple(float(self.std[i]) for i in order))
 
     def __post_init__(self) -> None:
         if self.backbone not in available_backbones():

@@ -88,10 +88,8 @@ class RetinaFaceInput:
 
     def __init__(self, config: ModelConfig, *, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
-        order = [0, 1, 2] if config.channel_order == "BGR" else [2, 1, 0]
-        self._channel_order = order
-        mean = torch.tensor(config.mean_bgr, dtype=torch.float32)[order]
-        std = torch.tensor(config.std, dtype=torch.float32)[order]
+        self._channel_order = [0, 1, 2] if config.channel_order == "BGR" else [2, 1, 0]
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in config.network_mean_std())
         self._mean = mean.to(self.device).view(1, 3, 1, 1)
         self._std = std.to(self.device).view(1, 3, 1, 1)
         self._mean_hwc = mean.to(self.device)

@@ -91,10 +91,8 @@ class OnnxRetinaFace:
         """The :class:`~detector.onnx_session.PixelInput` of a preset (its channel order, mean, std)."""
         from .onnx_session import PixelInput
 
-        rgb = config.channel_order == "RGB"
-        order = [2, 1, 0] if rgb else [0, 1, 2]
-        return PixelInput(mean=tuple(float(config.mean_bgr[i]) for i in order),
-                          std=tuple(float(config.std[i]) for i in order), rgb=rgb)
+        mean, std = config.network_mean_std()
+        return PixelInput(mean=mean, std=std, rgb=config.channel_order == "RGB")
 
     @property
     def postprocess_config(self) -> PostprocessConfig:

@@ -378,3 +378,34 @@ def test_openvino_compiles_a_static_model_for_a_repeated_size(exported_onnx, sam
     for i in range(2 * session.MAX_STATIC * session.STATIC_AFTER):  # many shapes: no more than MAX_STATIC
         det.detect([small[1][: 96 + 8 * (i % (2 * session.MAX_STATIC))]], conf_threshold=0.1)
     assert len(session.static) == session.MAX_STATIC
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_pixel_input_of_an_rgb_preset_with_std_matches_the_eager_preprocessing(tmp_path, runtime,
+                                                                              mobilenet_weights):
+    """An RGB network with its own mean and std (the real weights under such a preset): the
+    session's pixel input (OpenVINO in its graph, onnxruntime in numpy) gives the raw outputs the
+    eager path gets from RetinaFaceInput."""
+    import dataclasses
+
+    from detector.export import export_onnx
+    from detector.model import RetinaFace
+    from detector.weights import load_model, save_checkpoint
+
+    cfg = dataclasses.replace(get_preset("mobilenet0.25"), name="custom-rgb-std", channel_order="RGB",
+                              mean_bgr=(90.0, 110.0, 130.0), std=(50.0, 60.0, 70.0))
+    model = RetinaFace(cfg)
+    model.load_state_dict(load_model(mobilenet_weights).state_dict())
+    weights = save_checkpoint(tmp_path / "rgb.pt", model.eval())
+    onnx_path = export_onnx(weights, tmp_path / "rgb.onnx")
+    eager = DetectorSpec(weights=str(weights), runtime="torch").build()
+    ours = DetectorSpec(weights=str(onnx_path), runtime=runtime).build()
+    img = cv2.resize(cv2.imread(str(asset("images/group_insightface_t1.jpg"))), (160, 112))
+    batch, _, _ = eager.preprocess([img])
+    ref = eager.forward(batch)
+    pixels, _ = ours._pixels([img], ours.resize)
+    got = [t.clone() for t in ours._run(pixels[0][None])]  # _run's outputs live until the next run
+    swapped = ours._run(np.ascontiguousarray(pixels[0][None, :, :, ::-1]))  # the other channel order
+    for name, r, g, w in zip(OUTPUT_NAMES, ref, got, swapped):
+        assert torch.allclose(g, r, atol=1e-3, rtol=1e-3), (name, float((g - r).abs().max()))
+        assert (w - r).abs().max() > 0.1, name  # the outputs do depend on the channel order
