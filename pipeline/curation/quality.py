@@ -183,8 +183,9 @@ def face_quality(boxes: np.ndarray | None, landmarks: np.ndarray, crops: np.ndar
     pose = head_pose(lm)
     out = []
     for i in range(k):
+        grey = _grey(crops[i])  # once per crop: both measures take it as it is
         values = {"box_size": sizes[i], "eye_distance": eyes[i], "yaw": pose[i, 0], "pitch": pose[i, 1],
-                  "roll": pose[i, 2], "sharpness": sharpness(crops[i]), "brightness": brightness(crops[i])}
+                  "roll": pose[i, 2], "sharpness": sharpness(grey), "brightness": brightness(grey)}
         out.append({key: None if v is None or not math.isfinite(v) else round(float(v), 2)
                     for key, v in values.items()})
     return out
