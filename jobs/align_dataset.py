@@ -32,12 +32,13 @@ from pipeline.config import AlignConfig
 from pipeline.curation.quality import QualityFilter
 from pipeline.curation.identity import OutlierRule
 from pipeline.job import EXIT_USAGE, AlignJobConfig, JobConfigError, run_align_job
-from pipeline.job.config import EXIT_NODE_LOST, JOB_MIN_SCORE, JOB_RESIZE, JOB_SELECT
+from pipeline.job.config import EXIT_NODE_LOST
 from pipeline.job.nodes import NodeLostError
 from pipeline.verification.recognizer import OnnxRecognizerConfig, add_preprocess_arguments, preprocess_from_args
 from pipeline.writers import FORMATS
 
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+DEFAULTS = AlignConfig()  # the one set of defaults (pipeline.config)
 
 EPILOG = """\
 examples:
@@ -81,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     al = p.add_argument_group("detection and alignment")
     al.add_argument("--size", type=int, default=112, help="crop side: a multiple of 112 or 128 (default 112)")
     al.add_argument("--select", choices=("largest", "center", "central", "score", "all", "identity"),
-                    default=JOB_SELECT,
+                    default=DEFAULTS.select,
                     help="which face of a photo: largest box, central (area minus twice the squared offset "
                          "from the photo's centre; 'center' is the same), score (most confident), all (one "
                          "crop per face), or identity (nearest to the identity's centre; needs --recognizer) "
-                         f"(default {JOB_SELECT}: the best choice of the LFW study, see the README)")
-    al.add_argument("--min-score", type=float, default=JOB_MIN_SCORE,
-                    help=f"minimum detection score (default {JOB_MIN_SCORE}, from the LFW study)")
+                         f"(default {DEFAULTS.select}: the best choice of the LFW study, see docs/results.md)")
+    al.add_argument("--min-score", type=float, default=DEFAULTS.min_score,
+                    help=f"minimum detection score (default {DEFAULTS.min_score}, from the LFW study)")
     al.add_argument("--min-face-size", type=float, default=0.0,
                     help="minimum shorter box side in photo pixels (default 0)")
     al.add_argument("--on-no-face", choices=("skip", "center-crop"), default="skip",
@@ -95,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--exact", action="store_true",
                     help="decode every photo at full size: crops bit-identical to norm_crop of the detections "
                          "(default: JPEGs the detector shrinks 2x or more are decoded as faster drafts)")
-    add_detector_arguments(p, resize_default=JOB_RESIZE, device_default="auto", precision_default="auto")
+    add_detector_arguments(p, resize_default=DEFAULTS.resize.to_string(), device_default="auto",
+                           precision_default="auto")
+    al.add_argument("--refine-size", type=int, default=DEFAULTS.refine_size, metavar="PX",
+                    help="faces are found at --detect-resize (never enlarged); a kept face seen smaller than PX "
+                         "pixels there is detected again around itself at PX pixels for its landmarks; 0: off "
+                         f"(default {DEFAULTS.refine_size})")
+    al.add_argument("--retry-resize", default=DEFAULTS.retry_resize.to_string(), metavar="POLICY",
+                    help="a photo with no face at --detect-resize is detected again at this size; 'none': off "
+                         f"(default {DEFAULTS.retry_resize.to_string()})")
 
     cu = p.add_argument_group(
         "curation: given landmarks, quality filters",
@@ -157,6 +166,8 @@ def config_from_args(args: argparse.Namespace) -> AlignJobConfig:
     align = AlignConfig(
         image_size=args.size, select="central" if args.select == "center" else args.select,
         min_score=args.min_score, min_face_size=args.min_face_size, resize=args.detect_resize,
+        refine_size=args.refine_size or None,
+        retry_resize=None if str(args.retry_resize).lower() in ("none", "off", "") else args.retry_resize,
         on_error="record",
     )
     detector = spec_from_args(args, device="cpu" if args.device == "auto" else args.device)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from detector.api import PostprocessConfig
 from detector.spec import DetectorSpec, add_detector_arguments, spec_from_args
-from pipeline.config import STUDY_MIN_SCORE, STUDY_RESIZE, STUDY_SELECT
+from pipeline.config import AlignConfig
 from pipeline.verification.aggregate import FLIP_FUSIONS, AggregationConfig
 from pipeline.verification.crops import ALIGNMENT_SOURCES, NO_FACE_POLICIES, DetectorSettings, parse_sources
 from pipeline.verification.metrics import DEFAULT_FARS
@@ -44,6 +44,9 @@ from pipeline.verification.protocols import IJB_TARGETS, read_ijb, read_lfw, rea
 from pipeline.verification.recognizer import OnnxRecognizerConfig, add_preprocess_arguments, preprocess_from_args
 from pipeline.verification.runner import EvaluationConfig, evaluate, format_table, write_report
 from pipeline.verification.study import StudyConfig, default_variants, run_study, write_study
+
+
+DEFAULTS = AlignConfig()  # the one set of defaults (pipeline.config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,12 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", default=None,
                    help=f"comma-separated alignment sources from {','.join(ALIGNMENT_SOURCES)} "
                         "(default: provided,detector,box with protocol landmarks, else detector,box)")
-    add_detector_arguments(p, resize_default=STUDY_RESIZE, precision_default="auto")
-    p.add_argument("--conf", type=float, default=STUDY_MIN_SCORE,
-                   help=f"minimum face score (default {STUDY_MIN_SCORE}: the LFW study's best, as the align job)")
+    add_detector_arguments(p, resize_default=DEFAULTS.resize.to_string(), precision_default="auto")
+    p.add_argument("--conf", type=float, default=DEFAULTS.min_score,
+                   help=f"minimum face score (default {DEFAULTS.min_score}: the LFW study's best, as the align job)")
     p.add_argument("--nms", type=float, default=0.4, help="detector NMS IoU (default 0.4)")
-    p.add_argument("--select", default=STUDY_SELECT, choices=("largest", "central", "score"),
-                   help=f"which detected face of a photo (default {STUDY_SELECT}: the LFW study's best, as the "
+    p.add_argument("--select", default=DEFAULTS.select, choices=("largest", "central", "score"),
+                   help=f"which detected face of a photo (default {DEFAULTS.select}: the LFW study's best, as the "
                         "align job)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="flip test: fuse the mirrored crop's embedding (see --fusion); --no-flip: the crop alone "

@@ -15,19 +15,8 @@ from pipeline.align import CropSpec, CropVariant
 from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.select import SELECT_MODES, SelectMode
 
-__all__ = ["AlignConfig", "STUDY_MIN_SCORE", "STUDY_RESIZE", "STUDY_SELECT"]
+__all__ = ["AlignConfig"]
 
-
-#: The face choice and detector input size that the LFW alignment study supports (README,
-#: "Verification: LFW and the alignment study"); the align job's and verification's defaults. The
-#: central face (area minus twice the squared centre offset, insightface's own choice of the main
-#: face) at score >= 0.8 gave 99.45% 10-fold accuracy, against 98.90% for the largest face at 0.5.
-#: The detector input size made no difference there (250-px photos kept, upscaled to 640 or shrunk
-#: to 160: 99.35% each with the central face), so the long side goes to 640 px: large photos are
-#: detected faster (and decoded as JPEG drafts by the job) at no measured cost.
-STUDY_SELECT = "central"
-STUDY_MIN_SCORE = 0.8
-STUDY_RESIZE = "long:640"
 
 @dataclass(frozen=True, kw_only=True)
 class AlignConfig:
@@ -37,18 +26,26 @@ class AlignConfig:
         image_size: crop size: a multiple of 112 or 128 for ``crop="arcface"``; the crop height, a
             multiple of 112, for ``crop="arcface_112x96"`` (see :class:`pipeline.align.CropSpec`).
         crop: ``"arcface"`` (square, insightface's template rule) or ``"arcface_112x96"``.
-        select: ``"largest"`` box area, ``"central"`` (facenet: area - 2 * squared centre offset),
-            ``"score"``, or ``"all"`` (detector order), see :mod:`pipeline.select`.
+        select: ``"central"`` (default; facenet and insightface: area - 2 * squared centre
+            offset), ``"largest"`` box area, ``"score"``, or ``"all"`` (detector order), see
+            :mod:`pipeline.select`.
         max_faces: faces kept per image after ordering; ``None``: 1 for the single-face modes,
             no limit for ``"all"``.
-        min_score: keep faces with score >= this (default 0.5, the setting of the golden
-            verification run). It is also passed to the detector as its confidence threshold
-            (which only speeds it up: NMS keeps the same boxes above it). Values below the
-            detector's own threshold (0.02 by default) do not lower it.
+        min_score: keep faces with score >= this (default 0.8). It is also passed to the
+            detector as its confidence threshold (which only speeds it up: NMS keeps the same
+            boxes above it). Values below the detector's own threshold (0.02 by default) do not
+            lower it.
         min_face_size: keep faces whose shorter box side is >= this many image pixels.
-        resize: the detector's resize policy; default ``cap:1024`` (shrink images whose long side
-            exceeds 1024, never enlarge; the golden verification setting). Accepts anything
-            :meth:`detector.ResizePolicy.parse` does; stored as a :class:`ResizePolicy`.
+        resize: the coarse detection size, a resize policy; default ``cap:640`` (photos whose
+            long side exceeds 640 are shrunk to 640, smaller ones are kept: never enlarged).
+            Accepts anything :meth:`detector.ResizePolicy.parse` does; stored as a
+            :class:`ResizePolicy`.
+        refine_size: the kept faces that the coarse pass saw smaller than this many pixels are
+            detected again in a window where they are this size (or the photo's own size when
+            smaller), and take their box and landmarks from there (:mod:`pipeline.refine`);
+            ``None`` or 0: no refinement.
+        retry_resize: a photo without an eligible face at ``resize`` is detected again at this
+            size before it is called ``no_face`` (only where it is finer); ``None``: no retry.
         color: channel order of input images and output crops, ``"bgr"`` or ``"rgb"``; encoded
             inputs are decoded into this order. The detector is always fed BGR.
         max_pixels: pixel cap for encoded inputs (``None``: no cap of ours).
@@ -59,11 +56,13 @@ class AlignConfig:
 
     image_size: int = 112
     crop: CropVariant = "arcface"
-    select: SelectMode = "largest"
+    select: SelectMode = "central"
     max_faces: int | None = None
-    min_score: float = 0.5
+    min_score: float = 0.8
     min_face_size: float = 0.0
-    resize: ResizePolicy | str | int | None = field(default_factory=lambda: ResizePolicy.cap(1024))
+    resize: ResizePolicy | str | int | None = field(default_factory=lambda: ResizePolicy.cap(640))
+    refine_size: int | None = 160
+    retry_resize: ResizePolicy | str | int | None = field(default_factory=lambda: ResizePolicy.cap(1600))
     color: Literal["bgr", "rgb"] = "bgr"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     exif_orientation: bool = True
@@ -86,6 +85,11 @@ class AlignConfig:
         if self.on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {self.on_error!r}")
         object.__setattr__(self, "resize", ResizePolicy.parse(self.resize))
+        if self.refine_size is not None and (isinstance(self.refine_size, bool) or int(self.refine_size) < 0):
+            raise ValueError(f"refine_size must be None or >= 0, got {self.refine_size!r}")
+        object.__setattr__(self, "refine_size", int(self.refine_size) if self.refine_size else None)
+        if self.retry_resize is not None:
+            object.__setattr__(self, "retry_resize", ResizePolicy.parse(self.retry_resize))
 
     @property
     def crop_spec(self) -> CropSpec:

@@ -295,7 +295,7 @@ def draft_factor(height: int, width: int, scale: float) -> int:
 
 def decode_image(data: BytesLike, *, source: str | os.PathLike | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, exif_orientation: bool = True,
-                 color: ColorOrder = "bgr", reduce: int = 1) -> np.ndarray:
+                 color: ColorOrder = "bgr", reduce: int = 1, info: ImageInfo | None = None) -> np.ndarray:
     """Decode an encoded image to an upright ``HxWx3`` uint8 array.
 
     Args:
@@ -306,6 +306,7 @@ def decode_image(data: BytesLike, *, source: str | os.PathLike | None = None,
         color: ``"bgr"`` (OpenCV order, what the detector takes) or ``"rgb"``.
         reduce: 2, 4 or 8: a JPEG is decoded at about 1/``reduce`` of its size by the decoder's
             DCT scaling (several times faster; see :func:`draft_factor`); other formats ignore it.
+        info: :func:`probe_image` of ``data`` when the caller has it already (not read again).
 
     Returns:
         ``[H, W, 3]`` uint8, C-contiguous.
@@ -316,7 +317,7 @@ def decode_image(data: BytesLike, *, source: str | os.PathLike | None = None,
     if color not in ("bgr", "rgb"):
         raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
     raw = _as_bytes(data)
-    info = probe_image(raw, source=source)
+    info = info or probe_image(raw, source=source)
     if max_pixels is not None and info.pixels > max_pixels:
         raise ImageReadError(
             source, f"too many pixels: {info.width}x{info.height} = {info.pixels:,} > cap {max_pixels:,}"

@@ -1,32 +1,49 @@
-"""The face-alignment stage: detect, select, align; for lists of images (a training ``Dataset``,
-a verification run, the align job's actors).
+"""The face-alignment stage, the one path from a photo to its crops: detect (coarse), refine the
+kept faces' landmarks (fine), measure quality, filter, select, crop.
 
 :class:`FaceAligner` is built once from any :class:`detector.api.FaceDetector` (or a zero-argument
 factory of one, e.g. ``DetectorSpec(...).build``, so that Ray actors and DataLoader workers build
-their own) and a frozen :class:`AlignConfig`. Each call sends all images of the batch to the
-detector together (one ``detect`` call), selects faces per image (:mod:`pipeline.select`),
-estimates every similarity of the batch in one vectorised pass and warps the crops
-(:mod:`pipeline.align`).
+their own) and a frozen :class:`AlignConfig`. Everything that aligns faces calls it: the align
+job's actors (:class:`pipeline.job.stages.FaceCropPredictor` only decodes rows and writes them),
+verification, the alignment study, a training ``Dataset``.
 
-``aligner.align(images)`` (or ``aligner(images)``) with a sequence of ``HxWx3`` uint8 images ->
-``list[list[AlignedFace]]``, one list per image in selection order. Images are validated once, here.
-The Ray Data adapter is the align job's :class:`pipeline.job.stages.FaceCropPredictor`.
+* ``aligner.align(images)`` (or ``aligner(images)``): ``HxWx3`` uint8 images ->
+  ``list[list[AlignedFace]]``, one list per image in selection order.
+* ``aligner.run(photos)``: :class:`PhotoInput` (pixels, or a file's bytes decoded here as a JPEG
+  draft where the detector would shrink the photo anyway, or given landmarks) ->
+  :class:`FaceChoice` per photo: every face with its quality, which were selected, their crops,
+  or why none was (``filtered``, ``error``).
+
+Detection sizes (:class:`AlignConfig`): the coarse pass detects at ``resize`` (default
+``cap:640``: large photos shrunk, small ones kept, never enlarged); a photo with no face there is
+detected again at ``retry_resize``; the kept faces that the coarse pass saw smaller than
+``refine_size`` pixels are detected once more in a window around them (:mod:`pipeline.refine`),
+and their boxes and landmarks are taken from there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from detector.api import Detections, FaceDetector, as_bgr_uint8
-from pipeline.align import estimate_norm_batch, invert_affine, transform_points, warp_crops
+from detector.config import ResizePolicy
+from pipeline.align import align_faces, transform_points
 from pipeline.config import AlignConfig
+from pipeline.curation.quality import QualityFilter, face_quality
+from pipeline.images import ImageReadError, decode_image, draft_factor, probe_image
+from pipeline.refine import match_face, needs_refinement, refine_windows
 from pipeline.select import select_faces
 
-__all__ = ["AlignConfig", "AlignedFace", "FaceAligner"]
+__all__ = ["AlignConfig", "AlignedFace", "FaceAligner", "FaceChoice", "PhotoInput"]
+
+REFINE_CONF = 0.2
+"""Score threshold of the refinement detections (they are matched to a kept face by overlap)."""
+REFINE_BATCH = 16
+"""Refinement windows per detector call."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,18 +74,126 @@ class AlignedFace:
         return transform_points(self.landmarks, self.matrix)
 
 
+@dataclass(frozen=True, eq=False)
+class PhotoInput:
+    """One photo for :meth:`FaceAligner.run`: ``image`` (``HxWx3`` uint8 in ``config.color``
+    order) or ``data`` (the encoded file), ``source`` (its name in errors), and optionally
+    ``landmarks``: given ``[5, 2]`` photo-pixel points to align from without detection."""
+
+    image: np.ndarray | None = None
+    data: bytes | None = None
+    source: str = ""
+    landmarks: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class FaceChoice:
+    """One photo's faces after detection, refinement, quality measures, filters and selection.
+
+    Attributes:
+        shape: ``(h, w)`` of the full (upright) photo.
+        boxes, scores, landmarks: ``[K, 4]``, ``[K]`` (``None`` for given landmarks) and
+            ``[K, 5, 2]`` float32 in photo pixels, score-sorted; the selected faces' refined.
+        quality: K :func:`pipeline.curation.face_quality` dicts.
+        selected: indices of the cropped faces, in selection order.
+        crops: ``[M, h, w, 3]`` uint8 crops of the selected faces (``None`` when M = 0).
+        matrices: ``[M, 2, 3]`` float64 photo -> crop.
+        refined: ``[K]`` bool, whose landmarks come from a refinement window.
+        filtered: why no face was selected when every eligible face failed the quality filter.
+        error: why the photo could not be processed ("" when it was).
+        image: the decoded image the crops came from (a draft or the photo), for callers that
+            need pixels of a photo without a face (e.g. a centred crop); ``None`` on error.
+    """
+
+    shape: tuple[int, int]
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray | None = field(default_factory=lambda: np.zeros((0,), np.float32))
+    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2), np.float32))
+    quality: list[dict] = field(default_factory=list)
+    selected: list[int] = field(default_factory=list)
+    crops: np.ndarray | None = None
+    matrices: np.ndarray | None = None
+    refined: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+    filtered: str = ""
+    error: str = ""
+    image: np.ndarray | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.scores is None
+
+    def faces(self) -> list[AlignedFace]:
+        """The selected faces as :class:`AlignedFace` (selection order)."""
+        if self.crops is None:
+            return []
+        inverse = np.stack([cv2.invertAffineTransform(m) for m in self.matrices]) if len(self.selected) else []
+        return [AlignedFace(crop=self.crops[j], box=self.boxes[i].copy(),
+                            score=1.0 if self.scores is None else float(self.scores[i]),
+                            landmarks=self.landmarks[i], matrix=self.matrices[j], inverse=inverse[j],
+                            face_index=int(i))
+                for j, i in enumerate(self.selected)]
+
+
+class _Photo:
+    """A photo decoded lazily: at the largest JPEG draft that a given scale allows, or in full."""
+
+    def __init__(self, inp: PhotoInput, config: AlignConfig, *, draft: bool) -> None:
+        self.source = inp.source
+        self._config = config
+        self._data = inp.data
+        self._images: dict[int, np.ndarray] = {}
+        self._draft = draft and inp.image is None
+        if inp.image is not None:
+            image = np.ascontiguousarray(as_bgr_uint8(inp.image, 0))
+            if config.color == "rgb":
+                image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            self._images[1] = image
+            self.shape = image.shape[:2]
+            self._info = None
+        elif inp.data is not None:
+            self._info = probe_image(inp.data, source=inp.source)
+            h, w = self._info.height, self._info.width
+            if config.exif_orientation and self._info.orientation in (5, 6, 7, 8):
+                h, w = w, h
+            self.shape = (h, w)
+        else:
+            raise ValueError("a PhotoInput needs an image or data")
+
+    def at(self, scale: float) -> tuple[np.ndarray, tuple[float, float]]:
+        """The photo decoded with at least ``scale`` of its resolution, and the photo pixels per
+        image pixel ``(rx, ry)`` (1 unless a JPEG draft). An image decoded before is reused when
+        it is fine enough; else the largest JPEG draft that keeps ``scale`` is decoded."""
+        needed = draft_factor(self.shape[0], self.shape[1], scale) if self._draft else 1
+        fine_enough = [f for f in self._images if f <= needed]
+        factor = max(fine_enough) if fine_enough else needed
+        image = self._images.get(factor)
+        if image is None:
+            cfg = self._config
+            image = decode_image(self._data, source=self.source, max_pixels=cfg.max_pixels,
+                                 exif_orientation=cfg.exif_orientation, reduce=factor, info=self._info)
+            self._images[factor] = image
+        h, w = image.shape[:2]
+        return image, (self.shape[1] / w, self.shape[0] / h)
+
+
 class FaceAligner:
-    """Detect, select and align faces in batches of images (see the module docstring).
+    """Detect, refine, select and align faces in batches of photos (see the module docstring).
 
     Args:
         detector: a :class:`detector.api.FaceDetector`, or a zero-argument callable returning one
             (called once, here; pass e.g. ``DetectorSpec(...).build`` so that Ray actors build
             their own model instead of unpickling one).
-        config: the :class:`AlignConfig`.
+        config: the :class:`AlignConfig` (default: the one set of defaults).
+        quality_filter: which faces may be selected (default: every rule off).
+        draft: decode encoded JPEGs that the detector shrinks 2x or more as faster JPEG drafts
+            (:func:`pipeline.images.draft_factor`); the crops still come from the full photo when
+            a face is smaller in the draft than the crop. ``False``: always decode in full (crops
+            bit-identical to ``norm_crop`` of the final landmarks).
     """
 
     def __init__(self, *, detector: FaceDetector | Callable[[], FaceDetector],
-                 config: AlignConfig = AlignConfig()) -> None:
+                 config: AlignConfig = AlignConfig(), quality_filter: QualityFilter | None = None,
+                 draft: bool = True) -> None:
         if not isinstance(config, AlignConfig):
             raise TypeError(f"config must be an AlignConfig, got {type(config).__name__}")
         det = detector if isinstance(detector, FaceDetector) else detector()
@@ -76,7 +201,8 @@ class FaceAligner:
             raise TypeError(f"detector must be a FaceDetector or a factory of one, got {type(det).__name__}")
         self._detector = det
         self._config = config
-        self._spec = config.crop_spec
+        self._filter = quality_filter or QualityFilter()
+        self._draft = bool(draft)
         # The detector keeps scores strictly above its threshold; the float32 number just below
         # min_score makes that "score >= min_score" (scores are float32).
         self._conf_threshold = (
@@ -96,29 +222,8 @@ class FaceAligner:
         return f"FaceAligner(config={self._config!r})"
 
     # ------------------------------------------------------------------ list API
-    @staticmethod
-    def _prepare(images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The one validation of the caller's images (gray -> 3 channels, alpha dropped)."""
-        return [np.ascontiguousarray(as_bgr_uint8(im, i)) for i, im in enumerate(images)]
-
-    def _detect(self, images: list[np.ndarray]) -> list[Detections]:
-        if not images:
-            return []
-        bgr = images if self._config.color == "bgr" else [cv2.cvtColor(im, cv2.COLOR_RGB2BGR) for im in images]
-        dets = self._detector.detect(bgr, resize=self._config.resize, conf_threshold=self._conf_threshold)
-        return [d.numpy() for d in dets]
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """One detector call for all ``images`` (channel order ``config.color``).
-
-        Returns numpy :class:`Detections` per image, score-sorted, holding every face with
-        ``score >= config.min_score`` (before the size filter and selection; ``face_index`` of an
-        :class:`AlignedFace` indexes these).
-        """
-        return self._detect(self._prepare(images)) if len(images) else []
-
     def align(self, images: Sequence[np.ndarray]) -> list[list[AlignedFace]]:
-        """Detect (one batched detector call), select and align.
+        """Detect, refine, select and align.
 
         Args:
             images: ``HxWx3`` uint8 images in ``config.color`` order (``HxW`` / ``HxWx4`` accepted).
@@ -126,50 +231,261 @@ class FaceAligner:
         Returns:
             one list of :class:`AlignedFace` per image, in selection order (possibly empty).
         """
-        prepared = self._prepare(images)
-        return self._align(prepared, self._detect(prepared))
+        return [c.faces() for c in self._run_checked(images)]
+
+    __call__ = align
 
     def detect_and_align(self, images: Sequence[np.ndarray]) -> list[tuple[Detections, list[AlignedFace]]]:
-        """Per image, its detections (as :meth:`detect`) and its aligned faces (as :meth:`align`)."""
-        prepared = self._prepare(images)
-        dets = self._detect(prepared)
-        return list(zip(dets, self._align(prepared, dets)))
+        """Per image, its faces with ``score >= min_score`` as :class:`Detections` (the selected
+        ones refined) and its aligned faces (as :meth:`align`)."""
+        out = []
+        for c in self._run_checked(images):
+            keep = np.flatnonzero(c.scores >= self._config.min_score) if len(c.scores) else np.zeros(0, int)
+            out.append((Detections(c.boxes[keep], c.scores[keep], c.landmarks[keep]), c.faces()))
+        return out
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """The coarse detections of each image (one detector call, ``config.resize``), numpy,
+        holding every face with ``score >= config.min_score`` (no retry, no refinement)."""
+        prepared = [_Photo(PhotoInput(image=im), self._config, draft=False) for im in self._check(images)]
+        return self._coarse(prepared, self._config.resize)
 
     def align_detections(self, images: Sequence[np.ndarray],
                          detections: Sequence[Detections]) -> list[list[AlignedFace]]:
-        """Select and align given detections (no detector call); see :meth:`align`."""
+        """Select and align given detections (no detector call, no refinement); see :meth:`align`."""
         if len(images) != len(detections):
             raise ValueError(f"{len(images)} images but {len(detections)} detections")
-        return self._align(self._prepare(images), detections)
-
-    def _align(self, images: list[np.ndarray], detections: Sequence[Detections]) -> list[list[AlignedFace]]:
-        cfg = self._config
-        chosen: list[tuple[np.ndarray, Detections]] = []
-        for img, det in zip(images, detections):
-            det = det.numpy()
-            idx = select_faces(det.boxes, det.scores, image_shape=img.shape, mode=cfg.select,
-                               min_score=cfg.min_score, min_face_size=cfg.min_face_size,
-                               max_faces=cfg.max_faces)
-            chosen.append((idx, det))
-        counts = [len(idx) for idx, _ in chosen]
-        total = sum(counts)
-        if total == 0:
-            return [[] for _ in images]
-        landmarks = np.concatenate([det.landmarks[idx] for idx, det in chosen]).reshape(total, 5, 2)
-        matrices = estimate_norm_batch(landmarks, cfg.image_size, variant=cfg.crop)
-        inverse = invert_affine(matrices)
-        out: list[list[AlignedFace]] = []
-        start = 0
-        for img, (idx, det), k in zip(images, chosen, counts):
-            sl = slice(start, start + k)
-            start += k
-            crops = warp_crops(img, matrices[sl], self._spec) if k else None
-            out.append([
-                AlignedFace(crop=crops[j], box=det.boxes[i].copy(), score=float(det.scores[i]),
-                            landmarks=landmarks[sl][j], matrix=matrices[sl][j],
-                            inverse=inverse[sl][j], face_index=int(i))
-                for j, i in enumerate(idx)
-            ])
+        out = []
+        for image, d in zip(self._check(images), detections):
+            photo = _Photo(PhotoInput(image=image), self._config, draft=False)
+            d = d.numpy()
+            d = Detections(d.boxes.copy(), d.scores.copy(), d.landmarks.copy())
+            out.append(self._crop(photo, self._choose(photo, d, 1.0)).faces())
         return out
 
-    __call__ = align
+    def _check(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [as_bgr_uint8(im, i) for i, im in enumerate(images)]
+
+    def _run_checked(self, images: Sequence[np.ndarray]) -> list[FaceChoice]:
+        choices = self.run([PhotoInput(image=im) for im in self._check(images)])
+        for c in choices:
+            if c.error and self._config.on_error == "raise":
+                raise RuntimeError(c.error)
+        return choices
+
+    # ------------------------------------------------------------------ the one path
+    def run(self, photos: Sequence[PhotoInput]) -> list[FaceChoice]:
+        """Each photo's :class:`FaceChoice`. Never raises for one bad photo: its ``error`` says
+        why (an unreadable file, given landmarks outside the photo, a failed detection)."""
+        cfg = self._config
+        results: list[FaceChoice | None] = [None] * len(photos)
+        loaded: dict[int, _Photo] = {}
+        for i, p in enumerate(photos):
+            try:
+                loaded[i] = _Photo(p, cfg, draft=self._draft)
+            except ImageReadError as e:
+                results[i] = FaceChoice(shape=(0, 0), error=e.reason)
+        given = {i: ph for i, ph in loaded.items() if photos[i].landmarks is not None}
+        todo = {i: ph for i, ph in loaded.items() if i not in given}
+        for i, ph in given.items():
+            results[i] = self._guarded(ph, lambda ph=ph, i=i: self._given(ph, photos[i].landmarks))
+        dets, scales, failures = self._detect_all(todo)
+        for i, why in failures.items():
+            results[i] = FaceChoice(shape=todo[i].shape, error=why)
+        choices = {i: self._guarded(todo[i], lambda i=i: self._choose(todo[i], dets[i], scales[i]))
+                   for i in dets}
+        self._refine(todo, choices, scales)
+        for i, c in choices.items():
+            results[i] = c if c.error else self._guarded(todo[i], lambda i=i, c=c: self._crop(todo[i], c))
+        return results
+
+    @staticmethod
+    def _guarded(photo: _Photo, fn: Callable[[], FaceChoice]) -> FaceChoice:
+        try:
+            return fn()
+        except ImageReadError as e:
+            return FaceChoice(shape=photo.shape, error=e.reason)
+        except _PhotoError as e:
+            return FaceChoice(shape=photo.shape, error=str(e))
+        except Exception as e:  # one photo's failure must not fail the batch: record it
+            return FaceChoice(shape=photo.shape, error=f"alignment failed: {type(e).__name__}: {e}")
+
+    def _detect_all(self, photos: dict[int, _Photo]) -> tuple[dict[int, Detections], dict[int, float], dict[int, str]]:
+        """Coarse detections in photo pixels (one detector call), retried at ``retry_resize`` for
+        photos without an eligible face; the scale each photo's final detection ran at; failures."""
+        cfg = self._config
+        dets, failures = self._detect_guarded(photos, cfg.resize)
+        scales = {i: cfg.resize.scale(*photos[i].shape) for i in dets}
+        if cfg.retry_resize is not None:
+            retry = {i: photos[i] for i, d in dets.items()
+                     if not self._eligible(d).any() and cfg.retry_resize.scale(*photos[i].shape) > scales[i]}
+            if retry:
+                again, more = self._detect_guarded(retry, cfg.retry_resize)
+                failures.update(more)
+                for i, d in again.items():
+                    dets[i] = d
+                    scales[i] = cfg.retry_resize.scale(*photos[i].shape)
+        return dets, scales, failures
+
+    def _detect_guarded(self, photos: dict[int, _Photo],
+                        policy: ResizePolicy) -> tuple[dict[int, Detections], dict[int, str]]:
+        """One detector call for all ``photos``; if it fails, photo by photo, so that one bad
+        photo only fails itself."""
+        if not photos:
+            return {}, {}
+        try:
+            return dict(zip(photos, self._coarse(list(photos.values()), policy))), {}
+        except Exception:  # retried one by one below
+            pass
+        results, failures = {}, {}
+        for i, ph in photos.items():
+            try:
+                results[i] = self._coarse([ph], policy)[0]
+            except ImageReadError as e:
+                failures[i] = e.reason
+            except Exception as e:
+                failures[i] = f"detection failed: {type(e).__name__}: {e}"
+        return results, failures
+
+    def _coarse(self, photos: list[_Photo], policy: ResizePolicy) -> list[Detections]:
+        """Detections (numpy, photo pixels) of ``photos`` at ``policy``, each decoded as the
+        draft that policy allows."""
+        images, ratios = [], []
+        for ph in photos:
+            image, ratio = ph.at(policy.scale(*ph.shape))
+            images.append(image)
+            ratios.append(ratio)
+        out = []
+        for d, (rx, ry) in zip(self._detector.detect(images, resize=policy, conf_threshold=self._conf_threshold),
+                               ratios):
+            d = d.numpy()  # in the detected image's pixels; the copies below are this photo's own
+            r = np.array([rx, ry], np.float32)
+            out.append(Detections(d.boxes * np.tile(r, 2), d.scores.copy(), d.landmarks * r))
+        return out
+
+    def _eligible(self, d: Detections) -> np.ndarray:
+        b = d.boxes
+        side = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+        return (d.scores >= self._config.min_score) & (side >= self._config.min_face_size)
+
+    def _given(self, photo: _Photo, points: np.ndarray) -> FaceChoice:
+        """Given ``[5, 2]`` points, kept in float64 (crops equal ``norm_crop``); full size."""
+        from pipeline.curation.landmarks import box_from_landmarks
+
+        points = np.asarray(points, np.float64).reshape(5, 2)
+        h, w = photo.shape
+        inside = (points[:, 0] >= 0) & (points[:, 0] < w) & (points[:, 1] >= 0) & (points[:, 1] < h)
+        if not inside.any():
+            raise _PhotoError(f"the given landmarks lie outside the {w}x{h} photo")
+        image, _ = photo.at(1.0)
+        lm = points[None]
+        crops = align_faces(image, lm, 112)
+        quality = face_quality(box_from_landmarks(lm), lm, crops.crops)
+        choice = FaceChoice(shape=photo.shape, boxes=box_from_landmarks(lm), scores=None, landmarks=lm,
+                            quality=quality, selected=[] if self._filter.reasons(quality[0]) else [0],
+                            refined=np.zeros(1, bool))
+        if not choice.selected:
+            return _replace(choice, filtered="face 0: " + ", ".join(self._filter.reasons(quality[0])), image=image)
+        return self._crop(photo, choice)
+
+    def _choose(self, photo: _Photo, dets: Detections, scale: float) -> FaceChoice:
+        """Quality of every face (on 112x112 crops from the detection's image), the filters and
+        the selection, in photo pixels."""
+        cfg = self._config
+        k = len(dets.scores)
+        image, (rx, ry) = photo.at(scale)
+        r = np.array([rx, ry], np.float32)
+        quality_crops = (align_faces(image, dets.landmarks / r, 112).crops if k
+                         else np.zeros((0, 112, 112, 3), np.uint8))
+        quality = face_quality(dets.boxes, dets.landmarks, quality_crops)
+        eligible = self._eligible(dets)
+        reasons = [self._filter.reasons(q) if ok else [] for q, ok in zip(quality, eligible)]
+        passing = np.array([i for i in range(k) if eligible[i] and not reasons[i]], np.int64)
+        chosen = passing
+        if len(passing):
+            order = select_faces(dets.boxes[passing], dets.scores[passing], image_shape=photo.shape,
+                                 mode=cfg.select, max_faces=cfg.max_faces)
+            chosen = passing[order]
+        filtered = ""
+        if not len(chosen) and any(reasons):
+            filtered = "; ".join(f"face {i}: {', '.join(rs)}" for i, rs in enumerate(reasons) if rs)
+        return FaceChoice(shape=photo.shape, boxes=dets.boxes, scores=dets.scores, landmarks=dets.landmarks,
+                          quality=quality, selected=[int(i) for i in chosen], refined=np.zeros(k, bool),
+                          filtered=filtered, image=image)
+
+    def _refine(self, photos: dict[int, _Photo], choices: dict[int, FaceChoice], scales: dict[int, float]) -> None:
+        """Detect the selected faces again in windows at ``refine_size`` (see :mod:`pipeline.refine`);
+        a matched detection's box and landmarks replace the coarse ones, in place."""
+        size = self._config.refine_size
+        if not size:
+            return
+        jobs = []  # (photo index, face index, window)
+        for i, c in choices.items():
+            if c.error or not c.selected:
+                continue
+            sel = np.asarray(c.selected)
+            b = c.boxes[sel]
+            side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+            todo = needs_refinement(side, scales[i], size)
+            for f, w in zip(sel[todo], refine_windows(b[todo], size)):
+                jobs.append((i, int(f), w))
+        for start in range(0, len(jobs), REFINE_BATCH):
+            part = jobs[start:start + REFINE_BATCH]
+            windows = []
+            for i, f, w in part:
+                try:
+                    source, ratio = photos[i].at(w.scale)
+                except ImageReadError:
+                    source = None
+                windows.append(None if source is None else w.extract(source, ratio))
+            ready = [k for k, x in enumerate(windows) if x is not None]
+            if not ready:
+                continue
+            found = self._detector.detect([windows[k] for k in ready], resize=ResizePolicy.original(),
+                                          conf_threshold=REFINE_CONF)
+            for k, d in zip(ready, found):
+                d = d.numpy()
+                i, f, w = part[k]
+                c = choices[i]
+                j = match_face(w.to_window(c.boxes[f].reshape(2, 2)).reshape(4), d.boxes)
+                if j < 0:
+                    continue
+                c.boxes[f] = w.to_photo(d.boxes[j].reshape(2, 2)).reshape(4)
+                c.landmarks[f] = w.to_photo(d.landmarks[j])
+                c.refined[f] = True
+
+    def _crop(self, photo: _Photo, choice: FaceChoice) -> FaceChoice:
+        """The selected faces' crops, from the draft the faces were detected in if they are at
+        least crop-sized there, else from the full photo; their quality from those crops."""
+        cfg = self._config
+        if not choice.selected:
+            return choice
+        sel = np.asarray(choice.selected)
+        b = choice.boxes[sel]
+        side = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+        # the largest draft in which every selected face is still at least crop-sized
+        scale = min(1.0, float(min(cfg.crop_shape)) / max(float(side.min()), 1.0))
+        image, (rx, ry) = photo.at(1.0 if choice.given else scale)
+        r = np.array([rx, ry], np.float64)
+        lm = choice.landmarks[sel].astype(np.float64) / r if choice.given else choice.landmarks[sel] / r
+        aligned = align_faces(image, lm, cfg.image_size, variant=cfg.crop)
+        m = aligned.matrices.copy()
+        m[:, :, 0] /= rx  # photo pixels -> crop
+        m[:, :, 1] /= ry
+        quality = list(choice.quality)
+        if choice.refined[sel].any() and not choice.given:
+            q_crops = aligned.crops if (cfg.image_size, cfg.crop) == (112, "arcface") else align_faces(image, lm, 112).crops
+            for j, q in zip(sel, face_quality(choice.boxes[sel], choice.landmarks[sel], q_crops)):
+                quality[j] = q
+        crops = aligned.crops if cfg.color == "bgr" else np.ascontiguousarray(aligned.crops[..., ::-1])
+        return _replace(choice, crops=crops, matrices=m, quality=quality, image=image)
+
+
+class _PhotoError(Exception):
+    """A photo that cannot be processed; the message is its ``error``."""
+
+
+def _replace(choice: FaceChoice, **changes) -> FaceChoice:
+    import dataclasses
+
+    return dataclasses.replace(choice, **changes)

@@ -328,37 +328,50 @@ def test_predictor_gives_the_same_result_from_file_bytes_and_from_decoded_pixels
 # ------------------------------------------------------------------------------------ Ray
 
 
-@pytest.mark.slow
-def test_deepface_crops_equal_the_aligner_stage_photo_by_photo(tmp_path, ray_session, mobilenet_weights):
-    """Acceptance 1: every photo gives one ok crop equal (+-1) to the aligner stage alone."""
-    from pipeline.images import read_image
-    from pipeline.stage import FaceAligner
+def _deepface_and_golden_tree(root: Path) -> Path:
+    """The 62 deepface photos plus the golden photos (two group photos, four WIDER val photos)."""
+    src = root / "src"
+    shutil.copytree(asset(DEEPFACE), src / "deepface")
+    for rel in ("images/crowd_biubug6_curve_test.jpg", "images/group_insightface_t1.jpg"):
+        (src / "golden").mkdir(parents=True, exist_ok=True)
+        shutil.copy(asset(rel), src / "golden" / Path(rel).name)
+    for photo in sorted(asset("widerface/val/images").rglob("*.jpg")):
+        shutil.copy(photo, src / "golden" / photo.name)
+    return src
 
-    src = asset(DEEPFACE)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "default"])
+def test_job_crops_and_manifest_equal_the_face_aligner(tmp_path, ray_session, mobilenet_weights, exact):
+    """One alignment path: the job's crops and manifest faces are :class:`FaceAligner`'s with the
+    same settings, photo by photo (``exact``: full decodes; default: JPEG drafts, coarse-to-fine)."""
+    from pipeline.stage import FaceAligner, PhotoInput
+
+    src = _deepface_and_golden_tree(tmp_path)
     photos = list_inputs(src)
-    assert len(photos) == 62  # 62 photos + master.csv
+    assert len(photos) == 62 + 6  # master.csv is not a photo
     dst = tmp_path / "aligned"
-    summary = run_align_job(_config(src, dst, mobilenet_weights, ext="png", batch_size=8, exact=True))
+    summary = run_align_job(_config(src, dst, mobilenet_weights, ext="png", batch_size=8, exact=exact))
     assert summary.exit_code == EXIT_OK
-    assert summary.counts == {"ok": 62, "no_face": 0, "filtered": 0, "error": 0}
+    assert summary.counts["ok"] == len(photos) and summary.time_to_first_crop_s > 0
     records = {r["src"]: r for r in _manifest_lines(dst)}
     assert sorted(records) == photos
-    assert _output_files(dst) == {Path(p).with_suffix(".png").as_posix() for p in photos}
 
     aligner = FaceAligner(detector=DetectorSpec(weights=str(mobilenet_weights), runtime="torch").build(),
-                          config=job_align_defaults())
-    worst = 0
-    for rel in photos:
+                          config=job_align_defaults(), draft=not exact)
+    choices = aligner.run([PhotoInput(data=(src / rel).read_bytes(), source=rel) for rel in photos])
+    refined = 0
+    for rel, choice in zip(photos, choices):
         rec = records[rel]
-        assert rec["status"] == "ok" and rec["error"] == "" and len(rec["selected"]) == 1
-        alone = aligner.align([read_image(src / rel)])[0]
-        assert alone, rel
-        crop = _imread(dst / rec["outputs"][0])
-        worst = max(worst, int(np.abs(crop.astype(int) - alone[0].crop.astype(int)).max()))
-        face = rec["faces"][rec["selected"][0]]
-        np.testing.assert_allclose(face["landmarks"], alone[0].landmarks, atol=0.02)
-        assert face["score"] == pytest.approx(alone[0].score, abs=1e-4)
-    assert worst <= 1
+        assert rec["status"] == "ok" and rec["error"] == "" and rec["selected"] == choice.selected, rel
+        assert len(rec["faces"]) == len(choice.boxes)
+        for face, box, lm in zip(rec["faces"], choice.boxes, choice.landmarks):
+            np.testing.assert_allclose(face["box"], box, atol=0.006)
+            np.testing.assert_allclose(face["landmarks"], lm, atol=0.006)
+        for out, crop in zip(rec["outputs"], choice.crops):  # png; +-1 from float rounding in the detector
+            assert np.abs(_imread(dst / out).astype(int) - crop.astype(int)).max() <= 1, rel
+        refined += int(choice.refined.sum())
+    assert refined > 0  # the golden group photos' selected faces were refined
 
 
 def _bad_tree(root: Path) -> dict[str, str]:

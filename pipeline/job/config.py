@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from detector.spec import DetectorSpec
-from pipeline.config import STUDY_MIN_SCORE, STUDY_RESIZE, STUDY_SELECT, AlignConfig
+from detector.config import ResizePolicy
+from pipeline.config import AlignConfig
 from pipeline.curation.quality import QualityFilter
 from pipeline.curation.identity import OutlierRule
 from pipeline.verification.recognizer import OnnxRecognizerConfig
@@ -21,15 +22,10 @@ __all__ = [
     "STATUS_OK", "DONE_STATUSES", "STATUS_FILTERED", "EXIT_NODE_LOST",
 ]
 
-# The job's face choice and detector input size: the LFW study's (see pipeline.config).
-JOB_SELECT, JOB_MIN_SCORE, JOB_RESIZE = STUDY_SELECT, STUDY_MIN_SCORE, STUDY_RESIZE
-
-
 def job_align_defaults(**overrides: Any) -> AlignConfig:
-    """The align job's :class:`AlignConfig` (see :data:`JOB_SELECT`), with ``overrides``."""
-    fields = dict(on_error="record", select=JOB_SELECT, min_score=JOB_MIN_SCORE, resize=JOB_RESIZE)
-    fields.update(overrides)
-    return AlignConfig(**fields)
+    """The align job's :class:`AlignConfig`: the one set of defaults (``AlignConfig()``), errors
+    recorded per photo, with ``overrides``."""
+    return AlignConfig(**{"on_error": "record", **overrides})
 
 
 STATUS_OK, STATUS_NO_FACE, STATUS_ERROR = "ok", "no_face", "error"
@@ -198,7 +194,7 @@ class AlignJobConfig:
         detector = detector or self.detector
         align = {f.name: getattr(self.align, f.name) for f in dataclasses.fields(self.align)
                  if f.name not in _ALIGN_RUNTIME_FIELDS}
-        align["resize"] = self.align.resize.to_string()
+        align = {k: v.to_string() if isinstance(v, ResizePolicy) else v for k, v in align.items()}
         return {
             "src": str(self.src.resolve()),
             **align,

@@ -141,10 +141,12 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
 
 def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: list[str], spec: DetectorSpec,
              writer: CropWriter, *, inputs: Sequence[str] = (),
-             given: GivenLandmarks | None = None) -> tuple[RunStats, str]:
+             given: GivenLandmarks | None = None, t0: float | None = None) -> tuple[RunStats, str]:
     """Run the dataset over ``todo``; records reach the manifest through the writer's sink."""
     with ray_session(config.address, verbose=config.verbose):
         import ray
+
+        ray_ready = time.perf_counter()
 
         resources = ray.cluster_resources()
         plan = JobPlan.make(resources, todo=[rel for rel, _ in todo], src=config.src, device=config.device,
@@ -153,7 +155,8 @@ def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: li
         if plan.workers.device != spec.device:  # GPU actors: the runtime is chosen for CUDA
             spec = check_detector(dataclasses.replace(config.detector, device=plan.workers.device))
         log.info("align job: %d to process; %s; detector %s", len(todo), plan.describe(), spec.describe())
-        stats = RunStats()  # with --recognizer, the rates cover both passes
+        stats = RunStats(job_started=t0)  # with --recognizer, the rates cover both passes
+        stats.ray_ready_s = ray_ready - (t0 if t0 is not None else ray_ready)
         identity = None
         if config.recognizer is not None:  # embedding pass over `inputs`, then the centres
 
@@ -265,7 +268,7 @@ def _run_locked(config: AlignJobConfig, spec: DetectorSpec, fingerprint: dict, i
     writer.prepare(overwrite=config.overwrite)
     done, todo = pending()
     atomic_write_text(dst / JOB_NAME, json.dumps({"settings": fingerprint}, indent=2) + "\n")
-    stats, plan = (_process(config, todo, all_inputs, spec, writer, inputs=inputs, given=given) if todo
+    stats, plan = (_process(config, todo, all_inputs, spec, writer, inputs=inputs, given=given, t0=t0) if todo
                    else (RunStats(), "nothing to process"))
     manifest_path = dst / MANIFEST_NAME
     if manifest_path.exists():  # one record per input; records of vanished files are dropped

@@ -20,21 +20,19 @@ import json
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from detector.spec import DetectorSpec
-from pipeline.align import align_faces, center_crop
+from pipeline.align import center_crop
 from pipeline.config import AlignConfig
-from detector.api import Detections
-from pipeline.curation.landmarks import box_from_landmarks, unpack_points
-from pipeline.curation.quality import QualityFilter, face_quality
-from pipeline.images import ImageReadError, decode_image, draft_factor, probe_image
+from pipeline.curation.landmarks import unpack_points
+from pipeline.curation.quality import QualityFilter
+from pipeline.images import ImageReadError, decode_image
 from pipeline.job.config import STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE, STATUS_OK
-from pipeline.select import select_faces
+from pipeline.stage import FaceChoice, PhotoInput
 from pipeline.writers import CropWriter
 
 __all__ = ["FaceCropPredictor", "read_images", "with_io", "write_crops"]
@@ -123,75 +121,37 @@ def read_images(batch: dict[str, np.ndarray], *, src_root: str, decode: bool, ma
     return table
 
 
-def _faces_json(dets: Any, quality: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def _faces_json(choice: FaceChoice) -> list[dict[str, Any]]:
     """The manifest's ``faces``: box, score (``None`` for given landmarks), landmarks, and the
-    ``quality`` dict of each face when given."""
+    ``quality`` dict of each face."""
     faces = [
-        {"box": [round(float(v), 2) for v in dets.boxes[i]],
-         "score": None if dets.scores is None else round(float(dets.scores[i]), 5),
-         "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in dets.landmarks[i]]}
-        for i in range(len(dets.landmarks))
+        {"box": [round(float(v), 2) for v in choice.boxes[i]],
+         "score": None if choice.scores is None else round(float(choice.scores[i]), 5),
+         "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in choice.landmarks[i]]}
+        for i in range(len(choice.landmarks))
     ]
-    for face, q in zip(faces, quality or ()):
+    for face, q in zip(faces, choice.quality):
         face["quality"] = q
     return faces
 
 
-@dataclass(frozen=True, eq=False)
-class _Choice:
-    """One photo's faces after quality measures, filters and selection.
-
-    ``boxes [K, 4]``, ``scores [K]`` (``None`` for given landmarks) and ``landmarks [K, 5, 2]`` in
-    full-photo pixels; ``quality``: K dicts (:func:`pipeline.curation.face_quality`);
-    ``selected``: indices of the cropped faces, in selection order; ``crops [M, h, w, 3]``;
-    ``crop_boxes [M, 4]``: their boxes in the pixels of the image they were cropped from;
-    ``filtered``: why no face could be selected ("" unless every eligible face failed the filter).
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray | None
-    landmarks: np.ndarray
-    quality: list[dict[str, Any]]
-    selected: list[int]
-    crops: np.ndarray | None
-    crop_boxes: np.ndarray
-    filtered: str = ""
-
-    @property
-    def given(self) -> bool:
-        return self.scores is None
-
-
-class _PhotoError(Exception):
-    """A photo that cannot be processed; the message is its ``error`` record."""
-
-
 class FaceCropPredictor:
-    """Ray Data actor: detects, selects and aligns a batch of photos.
+    """Ray Data actor: the job's adapter of :class:`pipeline.stage.FaceAligner` (the one alignment
+    path: detection, refinement, quality, filters, selection, crops).
 
-    The model is built once per actor in ``__init__`` (the Ray batch-inference pattern).
-    ``__call__`` takes a :func:`read_images` batch as ``dict[str, np.ndarray]`` (decoding the
-    rows that arrive as file bytes) and returns an Arrow batch, one row per photo: ``src``,
-    ``stem``, ``status``, ``error``, ``faces`` (JSON: every detection with score >=
-    ``min_score``), ``selected`` (JSON: indices into ``faces``, one per crop), ``height``,
-    ``width``, ``num_crops`` and ``crops`` (the ``[num_crops, h, w, 3]`` uint8 BGR crops as raw
-    bytes).
+    The aligner (and its detector) is built once per actor in ``__init__`` (the Ray
+    batch-inference pattern). ``__call__`` takes a :func:`read_images` batch as
+    ``dict[str, np.ndarray]`` (rows holding a file's bytes are decoded by the aligner, as JPEG
+    drafts unless ``draft=False``; rows decoded by the read tasks arrive as pixels) and returns an
+    Arrow batch, one row per photo: ``src``, ``stem``, ``status``, ``error``, ``faces`` (JSON: every
+    detection with score >= ``min_score``, with its ``quality``), ``selected`` (JSON: indices into
+    ``faces``, one per crop), ``height``, ``width`` (the full photo's), ``num_crops``, ``crops``
+    (the ``[num_crops, h, w, 3]`` uint8 BGR crops as raw bytes), ``landmarks`` (``"given"``,
+    ``"detected"``, or ``""`` for a photo that never reached alignment) and ``filtered`` (why
+    every face failed the quality filter, or "").
 
-    ``draft=True`` (the job's default; ``--exact`` turns it off): a JPEG that the detector will
-    shrink by 2x or more is decoded at 1/2, 1/4 or 1/8 of its size by the JPEG decoder itself
-    (:func:`pipeline.images.draft_factor`), which is several times faster and gives the detector
-    the same input size. Detections are reported in full-photo pixels. A chosen face whose box
-    in the draft is smaller than the crop is re-cropped from the full photo; larger faces are
-    cropped from the draft, which still holds more pixels than the crop (no upsampling).
-
-    Curation (:mod:`pipeline.curation`): a row with given points (the ``landmarks`` column) is
-    decoded at full size and aligned from them, without detection (its face has no score; its box
-    is :func:`pipeline.curation.box_from_landmarks`). Every face gets a ``quality`` dict, its crop
-    measures taken on the 112x112 ArcFace crop from the image the face is cropped from (a draft
-    or the full photo, as the output crop). Faces eligible by score and size that fail
-    ``quality_filter`` are not selected; a photo whose eligible faces all fail is ``filtered``
-    (no crop) with the reasons. Output columns add ``landmarks`` (``"given"``, ``"detected"``,
-    or ``""`` for a photo that never reached alignment) and ``filtered`` (the reasons, or "").
+    A row with given points (the ``landmarks`` column, :mod:`pipeline.curation.landmarks`) is
+    aligned from them without detection.
     """
 
     def __init__(self, *, detector: DetectorSpec, align: AlignConfig, detect_batch_size: int = 1,
@@ -203,136 +163,36 @@ class FaceCropPredictor:
 
         # pixels arrive as read-only views of Ray's object store; the detector only reads them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        self._aligner = FaceAligner(detector=detector.build, config=align)
-        self._align = align
+        self._aligner = FaceAligner(detector=detector.build, config=align, quality_filter=quality_filter,
+                                    draft=draft)
         self._detect_batch_size = max(1, int(detect_batch_size))
         self._on_no_face = on_no_face
         self._crop_shape = align.crop_shape
-        self._draft = draft
-        self._filter = quality_filter or QualityFilter()
 
-    def _image(self, row: int, batch: dict[str, np.ndarray], *,
-               draft: bool = True) -> tuple[np.ndarray, tuple[int, int] | None]:
-        """The photo to detect on, and its full ``(h, w)`` when it was decoded as a JPEG draft
-        (``None``: the image is the full photo; always so with ``draft=False``)."""
+    def _photo(self, row: int, batch: dict[str, np.ndarray], given: np.ndarray | None) -> PhotoInput:
         data, h, w = batch["data"][row], int(batch["height"][row]), int(batch["width"][row])
-        if h:  # decoded by the read task
-            return np.frombuffer(data, np.uint8).reshape(h, w, 3), None
         source = os.fsdecode(batch["src"][row])
-        factor = 1
-        if self._draft and draft:
-            info = probe_image(data, source=source)
-            factor = draft_factor(info.height, info.width, self._align.resize.scale(info.height, info.width))
-        image = decode_image(data, source=source, max_pixels=self._align.max_pixels,
-                             exif_orientation=self._align.exif_orientation, reduce=factor)
-        if factor == 1:
-            return image, None
-        full = (info.height, info.width)
-        if self._align.exif_orientation and info.orientation in (5, 6, 7, 8):
-            full = full[::-1]
-        return image, full
+        if h:  # decoded by the read task
+            return PhotoInput(image=np.frombuffer(data, np.uint8).reshape(h, w, 3), source=source, landmarks=given)
+        return PhotoInput(data=data, source=source, landmarks=given)
 
-    def _undraft(self, draft: np.ndarray, full: tuple[int, int], dets: Detections, raw: Any,
-                 source: str) -> tuple[np.ndarray, _Choice]:
-        """The choice among a draft's detections (in full-photo pixels), and the image its crops
-        come from: the draft, or the full photo when a chosen face is too small in the draft (its
-        crop would be enlarged from the draft)."""
-        choice = self._choose(draft, dets.boxes, dets.scores, dets.landmarks, full=full)
-        small = any(min(b[2] - b[0], b[3] - b[1]) < min(self._crop_shape) for b in choice.crop_boxes)
-        if not small:
-            return draft, choice
-        image = decode_image(raw, source=source, max_pixels=self._align.max_pixels,
-                             exif_orientation=self._align.exif_orientation)
-        return image, self._choose(image, choice.boxes, choice.scores, choice.landmarks)
-
-    def _choose(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None, landmarks: np.ndarray, *,
-                full: tuple[int, int] | None = None) -> _Choice:
-        """Quality of every face, the filters, the selection and the crops of one photo.
-
-        Args:
-            image: the ``HxWx3`` image the faces are cropped from.
-            boxes, scores, landmarks: ``[K, 4]``, ``[K]`` (``None``: given landmarks, no detector
-                rules apply) and ``[K, 5, 2]`` in the pixels of ``image``.
-            full: the full photo's ``(h, w)`` when ``image`` is a JPEG draft of it.
-        """
-        cfg = self._align
-        k = len(landmarks)
-        if full is None:
-            full_boxes, full_landmarks, shape = boxes, landmarks, image.shape[:2]
+    def _row(self, choice: FaceChoice | None, error: str) -> dict[str, Any]:
+        size = choice.shape if choice is not None else (0, 0)
+        row = {"status": STATUS_ERROR, "error": _text(error or (choice.error if choice else "")), "faces": "[]",
+               "selected": "[]", "height": int(size[0]), "width": int(size[1]), "crops": None,
+               "landmarks": "", "filtered": ""}
+        if choice is None or choice.error:
+            return row
+        row.update(error="", faces=json.dumps(_faces_json(choice)), selected=json.dumps(choice.selected),
+                   landmarks="given" if choice.given else "detected")
+        if choice.selected:
+            row.update(status=STATUS_OK, crops=choice.crops)
+        elif choice.filtered:
+            row.update(status=STATUS_FILTERED, filtered=choice.filtered)
         else:
-            scale = np.array([full[1] / image.shape[1], full[0] / image.shape[0]], np.float32)
-            full_boxes, full_landmarks, shape = boxes * np.tile(scale, 2), landmarks * scale, full
-        quality_crops = align_faces(image, landmarks, 112).crops if k else np.zeros((0, 112, 112, 3), np.uint8)
-        quality = face_quality(full_boxes, full_landmarks, quality_crops)
-        if scores is None:
-            eligible = np.ones(k, bool)
-        else:  # the detector's rules (pipeline.select), in full-photo pixels
-            side = np.minimum(full_boxes[:, 2] - full_boxes[:, 0], full_boxes[:, 3] - full_boxes[:, 1])
-            eligible = (scores >= cfg.min_score) & (side >= cfg.min_face_size)
-        reasons = [self._filter.reasons(q) if ok else [] for q, ok in zip(quality, eligible)]
-        passing = np.array([i for i in range(k) if eligible[i] and not reasons[i]], np.int64)
-        if scores is None or not len(passing):
-            chosen = passing
-        else:
-            order = select_faces(full_boxes[passing], scores[passing], image_shape=shape, mode=cfg.select,
-                                 max_faces=cfg.max_faces)
-            chosen = passing[order]
-        filtered = ""
-        if not len(chosen) and any(reasons):
-            filtered = "; ".join(f"face {i}: {', '.join(r)}" for i, r in enumerate(reasons) if r)
-        if not len(chosen):
-            crops = None
-        elif cfg.image_size == 112 and cfg.crop == "arcface":  # the quality crops are the output crops
-            crops = quality_crops[chosen]
-        else:
-            crops = align_faces(image, landmarks[chosen], cfg.image_size, variant=cfg.crop).crops
-        return _Choice(boxes=full_boxes, scores=scores, landmarks=full_landmarks, quality=quality,
-                       selected=[int(i) for i in chosen], crops=crops, crop_boxes=np.asarray(boxes)[chosen],
-                       filtered=filtered)
-
-    def _given(self, image: np.ndarray, points: np.ndarray) -> _Choice:
-        """The choice for given ``[5, 2]`` float64 points (kept in float64: crops equal
-        ``norm_crop``)."""
-        h, w = image.shape[:2]
-        inside = (points[:, 0] >= 0) & (points[:, 0] < w) & (points[:, 1] >= 0) & (points[:, 1] < h)
-        if not inside.any():
-            raise _PhotoError(f"the given landmarks lie outside the {w}x{h} photo")
-        return self._choose(image, box_from_landmarks(points[None]), None, points[None])
-
-    def _detect_rows(self, images: list[np.ndarray]) -> list[Detections]:
-        return self._aligner.detect(images)
-
-    def _detect_chunk(self, images: dict[int, np.ndarray]) -> tuple[dict[int, Detections], dict[int, str]]:
-        """One detector call for the chunk; if it fails, photo by photo, so that one bad photo
-        only fails itself."""
-        try:
-            return dict(zip(images, self._detect_rows(list(images.values())))), {}
-        except Exception:
-            results, failures = {}, {}
-            for i, image in images.items():
-                try:
-                    results[i] = self._detect_rows([image])[0]
-                except Exception as e:
-                    failures[i] = _text(f"detection failed: {type(e).__name__}: {e}")
-            return results, failures
-
-    def _row(self, image: np.ndarray | None, choice: _Choice | None, error: str, *,
-             size: tuple[int, int] | None = None) -> dict[str, Any]:
-        h, w = self._crop_shape
-        size = size or (image.shape[:2] if image is not None else (0, 0))
-        row = {"status": STATUS_ERROR, "error": error, "faces": "[]", "selected": "[]",
-               "height": int(size[0]), "width": int(size[1]), "crops": None, "landmarks": "", "filtered": ""}
-        if choice is not None:
-            row.update(error="", faces=json.dumps(_faces_json(choice, choice.quality)),
-                       selected=json.dumps(choice.selected), landmarks="given" if choice.given else "detected")
-            if choice.selected:
-                row.update(status=STATUS_OK, crops=choice.crops)
-            elif choice.filtered:
-                row.update(status=STATUS_FILTERED, filtered=choice.filtered)
-            else:
-                row["status"] = STATUS_NO_FACE
-                if self._on_no_face == "center-crop":
-                    row["crops"] = center_crop(image, (h, w))[None]
+            row["status"] = STATUS_NO_FACE
+            if self._on_no_face == "center-crop" and choice.image is not None:
+                row["crops"] = center_crop(choice.image, self._crop_shape)[None]
         return row
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -342,48 +202,16 @@ class FaceCropPredictor:
         todo = []
         for i, error in enumerate(batch["error"]):
             if error:
-                rows[i] = self._row(None, None, str(error))
+                rows[i] = self._row(None, str(error))
             else:
                 todo.append(i)
-        if self._detect_batch_size > 1:  # photos decoded by the read tasks: less padding per call
-            todo.sort(key=lambda i: (int(batch["height"][i]) or 1) / (int(batch["width"][i]) or 1))
+        if self._detect_batch_size > 1:  # photos decoded by the read tasks: same sizes together
+            todo.sort(key=lambda i: (int(batch["height"][i]), int(batch["width"][i])))
         step = self._detect_batch_size
-        for start in range(0, len(todo), step):  # photos decoded here are held one chunk at a time
-            images: dict[int, np.ndarray] = {}
-            drafts: dict[int, tuple[int, int]] = {}
-            for i in todo[start:start + step]:
-                try:
-                    images[i], full = self._image(i, batch, draft=given[i] is None)  # given: full size
-                    if full is not None:
-                        drafts[i] = full
-                except ImageReadError as e:
-                    rows[i] = self._row(None, None, _text(e.reason))
-            to_detect = {i: image for i, image in images.items() if given[i] is None}
-            results, failures = self._detect_chunk(to_detect) if to_detect else ({}, {})
-            for i, image in images.items():
-                size = drafts.get(i)
-                try:
-                    if given[i] is not None:
-                        choice = self._given(image, given[i])
-                    elif i not in results:
-                        rows[i] = self._row(image, None, failures.get(i, "detection failed"))
-                        continue
-                    elif size is not None:
-                        image, choice = self._undraft(image, size, results[i], batch["data"][i],
-                                                      os.fsdecode(batch["src"][i]))
-                    else:
-                        dets = results[i]
-                        choice = self._choose(image, dets.boxes, dets.scores, dets.landmarks)
-                except ImageReadError as e:
-                    rows[i] = self._row(None, None, _text(e.reason))
-                    continue
-                except _PhotoError as e:
-                    rows[i] = self._row(image, None, _text(str(e)))
-                    continue
-                except Exception as e:  # one photo's failure must not fail the batch: record it
-                    rows[i] = self._row(image, None, _text(f"alignment failed: {type(e).__name__}: {e}"))
-                    continue
-                rows[i] = self._row(image, choice, "", size=size)
+        for start in range(0, len(todo), step):  # photos decoded here are held one call at a time
+            part = todo[start:start + step]
+            for i, choice in zip(part, self._aligner.run([self._photo(i, batch, given[i]) for i in part])):
+                rows[i] = self._row(choice, "")
         crops = [r.pop("crops") for r in rows]
         return pa.table({
             "src": pa.array(list(batch["src"]), pa.binary()),

@@ -24,6 +24,10 @@ class RunStats:
     """Counters of one run, fed batch by batch from the driver's loop."""
 
     started: float = field(default_factory=time.perf_counter)
+    job_started: float | None = None
+    """When the job was called (``time.perf_counter``); ``first_record_s`` counts from there."""
+    ray_ready_s: float = 0.0
+    first_record_s: float = 0.0
     counts: Counter = field(default_factory=Counter)
     crops: int = 0
     warmup_s: float = 0.0
@@ -33,7 +37,9 @@ class RunStats:
 
     def add(self, statuses: list[str], crops: int, *, node: str = "") -> None:
         if not self.warmup_photos:  # start-up: Ray workers, actors loading the model, first batch
-            self.warmup_s, self.warmup_photos = time.perf_counter() - self.started, len(statuses)
+            now = time.perf_counter()
+            self.warmup_s, self.warmup_photos = now - self.started, len(statuses)
+            self.first_record_s = now - (self.job_started if self.job_started is not None else self.started)
         self.counts.update(statuses)
         self.crops += crops
         if node:  # the Ray node whose detector actor did these photos
@@ -77,6 +83,10 @@ class JobSummary:
     outputs: dict[str, Any] | None = None
     identity: dict[str, Any] | None = None
     photos_per_node: dict[str, int] = field(default_factory=dict)
+    time_to_first_crop_s: float = 0.0
+    """From the job's call to the first records at the driver (checks, Ray's start, the actors'
+    start and model load, the first chunk): the run's fixed cost, with ``ray_start_s`` its part."""
+    ray_start_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -100,7 +110,8 @@ class JobSummary:
             steady = (f" ({self.steady_photos_per_s:.2f} photos/s after a {self.warmup_s:.1f} s warm-up)"
                       if 2 * self.warmup_photos < self.processed else "")
             lines.append(f"this run: {self.photos_per_s:.2f} photos/s, {self.faces_per_s:.2f} faces/s{steady}, "
-                         f"{self.crops_written} crop(s) written, elapsed {self.elapsed_s:.1f} s")
+                         f"{self.crops_written} crop(s) written, elapsed {self.elapsed_s:.1f} s "
+                         f"(first crop after {self.time_to_first_crop_s:.1f} s, Ray up after {self.ray_start_s:.1f} s)")
         lines.append(f"workers: {self.plan}")
         if len(self.photos_per_node) > 1:
             lines.append("photos per node: " + ", ".join(f"{node[:12]} {n}" for node, n in self.photos_per_node.items()))
@@ -138,4 +149,5 @@ def make_summary(config: AlignJobConfig, *, inputs: int, already_done: int, coun
         steady_photos_per_s=round((processed - stats.warmup_photos) / steady_s, 3) if processed and steady_s > 0 else 0.0,
         plan=plan, dry_run=config.dry_run, format=config.format, outputs=outputs, identity=identity,
         photos_per_node=dict(sorted(stats.nodes.items())),
+        time_to_first_crop_s=round(stats.first_record_s, 3), ray_start_s=round(stats.ray_ready_s, 3),
     )
