@@ -61,7 +61,7 @@ class AlignConfig:
     min_score: float = 0.8
     min_face_size: float = 0.0
     resize: ResizePolicy | str | int | None = field(default_factory=lambda: ResizePolicy.cap(640))
-    refine_size: int | None = 160
+    refine_size: int | None = 224
     retry_resize: ResizePolicy | str | int | None = field(default_factory=lambda: ResizePolicy.cap(1600))
     color: Literal["bgr", "rgb"] = "bgr"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
