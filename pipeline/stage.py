@@ -31,7 +31,7 @@ import numpy as np
 
 from detector.api import Detections, FaceDetector, as_bgr_uint8
 from detector.config import ResizePolicy
-from pipeline.align import align_faces, transform_points
+from pipeline.align import AlignedCrops, align_faces, transform_points
 from pipeline.config import AlignConfig
 from pipeline.curation.quality import QualityFilter, face_quality
 from pipeline.images import ImageReadError, decode_image, draft_factor, probe_image
@@ -117,6 +117,9 @@ class FaceChoice:
     filtered: str = ""
     error: str = ""
     image: np.ndarray | None = None
+    _quality_crops: AlignedCrops | None = field(default=None, repr=False)
+    """The 112x112 ArcFace crops of every face from ``image`` (quality measures), reused as the
+    output crops when those are the same."""
 
     @property
     def given(self) -> bool:
@@ -395,9 +398,9 @@ class FaceAligner:
         k = len(dets.scores)
         image, (rx, ry) = photo.at(scale)
         r = np.array([rx, ry], np.float32)
-        quality_crops = (align_faces(image, dets.landmarks / r, 112).crops if k
-                         else np.zeros((0, 112, 112, 3), np.uint8))
-        quality = face_quality(dets.boxes, dets.landmarks, quality_crops)
+        aligned = align_faces(image, dets.landmarks / r, 112) if k else None
+        quality = face_quality(dets.boxes, dets.landmarks,
+                               aligned.crops if k else np.zeros((0, 112, 112, 3), np.uint8))
         eligible = self._eligible(dets)
         reasons = [self._filter.reasons(q) if ok else [] for q, ok in zip(quality, eligible)]
         passing = np.array([i for i in range(k) if eligible[i] and not reasons[i]], np.int64)
@@ -411,7 +414,7 @@ class FaceAligner:
             filtered = "; ".join(f"face {i}: {', '.join(rs)}" for i, rs in enumerate(reasons) if rs)
         return FaceChoice(shape=photo.shape, boxes=dets.boxes, scores=dets.scores, landmarks=dets.landmarks,
                           quality=quality, selected=[int(i) for i in chosen], refined=np.zeros(k, bool),
-                          filtered=filtered, image=image)
+                          filtered=filtered, image=image, _quality_crops=aligned)
 
     def _refine(self, photos: dict[int, _Photo], choices: dict[int, FaceChoice], scales: dict[int, float]) -> None:
         """Detect the selected faces again in windows at ``refine_size`` (see :mod:`pipeline.refine`);
@@ -468,7 +471,12 @@ class FaceAligner:
         image, (rx, ry) = photo.at(1.0 if choice.given else scale)
         r = np.array([rx, ry], np.float64)
         lm = choice.landmarks[sel].astype(np.float64) / r if choice.given else choice.landmarks[sel] / r
-        aligned = align_faces(image, lm, cfg.image_size, variant=cfg.crop)
+        q = choice._quality_crops
+        if (q is not None and image is choice.image and (cfg.image_size, cfg.crop) == (112, "arcface")
+                and not choice.refined[sel].any()):  # the quality crops are the output crops
+            aligned = AlignedCrops(crops=q.crops[sel], matrices=q.matrices[sel], inverse=q.inverse[sel], spec=q.spec)
+        else:
+            aligned = align_faces(image, lm, cfg.image_size, variant=cfg.crop)
         m = aligned.matrices.copy()
         m[:, :, 0] /= rx  # photo pixels -> crop
         m[:, :, 1] /= ry
@@ -478,7 +486,7 @@ class FaceAligner:
             for j, q in zip(sel, face_quality(choice.boxes[sel], choice.landmarks[sel], q_crops)):
                 quality[j] = q
         crops = aligned.crops if cfg.color == "bgr" else np.ascontiguousarray(aligned.crops[..., ::-1])
-        return _replace(choice, crops=crops, matrices=m, quality=quality, image=image)
+        return _replace(choice, crops=crops, matrices=m, quality=quality, image=image, _quality_crops=None)
 
 
 class _PhotoError(Exception):
