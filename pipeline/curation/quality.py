@@ -86,6 +86,11 @@ MEAN_FACE_3D: np.ndarray = _mean_face_3d()
 project's landmark order; see :func:`head_pose`."""
 
 
+_CENTRED_FACE_3D = MEAN_FACE_3D - MEAN_FACE_3D.mean(axis=0)
+_POSE_SOLVE = _CENTRED_FACE_3D @ np.linalg.inv(_CENTRED_FACE_3D.T @ _CENTRED_FACE_3D)
+"""``[5, 3]``: ``X (X^T X)^-1`` of the centred mean face (the least-squares fit of :func:`head_pose`)."""
+
+
 def _landmarks(landmarks: np.ndarray) -> np.ndarray:
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape[-2:] != (5, 2):
@@ -124,9 +129,8 @@ def head_pose(landmarks: np.ndarray) -> np.ndarray:
     batch = lm.shape[:-2]
     p = lm.reshape(-1, 5, 2)
     p = p - p.mean(axis=1, keepdims=True)                       # [N, 5, 2]
-    x = MEAN_FACE_3D - MEAN_FACE_3D.mean(axis=0)                # [5, 3]
-    # least-squares affine A [N, 2, 3] with p_i ~ A x_i: A = P^T X (X^T X)^-1
-    a = np.einsum("nki,kj->nij", p, x) @ np.linalg.inv(x.T @ x)
+    # least-squares affine A [N, 2, 3] with p_i ~ A x_i (x: the centred mean face): A = P^T X (X^T X)^-1
+    a = np.einsum("nki,kj->nij", p, _POSE_SOLVE)
     u, _, vt = np.linalg.svd(a, full_matrices=False)            # [N,2,2], [N,2], [N,2,3]
     r12 = u @ vt                                                # nearest orthonormal rows
     r3 = np.cross(r12[:, 0], r12[:, 1])

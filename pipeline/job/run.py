@@ -143,7 +143,7 @@ def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: li
              writer: CropWriter, *, inputs: Sequence[str] = (),
              given: GivenLandmarks | None = None, t0: float | None = None) -> tuple[RunStats, str]:
     """Run the dataset over ``todo``; records reach the manifest through the writer's sink."""
-    with ray_session(config.address, verbose=config.verbose):
+    with ray_session(config.address, verbose=config.verbose, background_shutdown=True):
         import ray
 
         ray_ready = time.perf_counter()
