@@ -1,55 +1,55 @@
 #!/usr/bin/env python
-"""Throughput and memory of the align job against plain sequential loops, insightface's among them.
+"""The align job against a plain insightface loop: whole processes, same photos, interleaved.
 
-    python benchmarks/bench_align_job.py [--photos 2000] [--rounds 1] [--json runs/bench_align_job.json]
+    python benchmarks/bench_align_job.py [--src DIR] [--limit N] [--rounds 1] [--json runs/bench_align_job.json]
+    python benchmarks/bench_align_job.py --src ../shared/assets/verification/lfw/images_deepfunneled --limit 3000
 
-Builds a source tree of ``--photos`` copies of the 62 deepface verification photos (cycled, one
-sub-folder per 20 photos) in a temporary folder, then runs, each in a fresh child process:
+Photos: every image file under ``--src`` (recursive; what the job lists: ``list_inputs``, sorted
+relative paths). Default ``--src``: ``--photos`` (2000) copies of the deepface verification photos
+(cycled, one sub-folder per 20), built in a temporary folder (``$TMPDIR``). ``--limit N`` keeps
+the first N; the job then gets a temporary tree of symlinks to exactly those, so that the loop
+and the job see the same photos.
 
-* loops, on the first ``--loop-photos`` photos (whole cycles of the 62, so their photos/s is a
-  rate over the same mix of photos as the job's), one photo at a time. A loop's clock starts after
-  its imports and its model load; its whole-process rate (interpreter start to exit) is reported
-  too. Variants (``--loops``; default ``insightface matched``):
+Runs, each a fresh child process timed from its spawn to its exit (interpreter start, imports,
+model load, Ray's start and shutdown all included), in the order loop, job, loop (``--rounds R``:
+loop, job, loop, job, ..., loop: R jobs, R + 1 loops, each job between two loops, because the
+machine's speed drifts):
 
-  ``insightface``
-      the plain insightface recipe: ``cv2.imread``, SCRFD-500M
-      (``peers/scrfd_500m_bnkps.onnx``) through ``insightface.model_zoo.scrfd.SCRFD`` on
-      onnxruntime with its default threads, ``prepare(ctx_id=-1, input_size=(640, 640))``,
-      ``detect(img, input_size=(640, 640))``, the largest face (box area) with score >= 0.5,
-      ``insightface.utils.face_align.norm_crop(img, kps)`` (112x112), ``cv2.imwrite`` (jpg, quality 95).
-  ``matched``
-      our detector with the job's settings (the same :class:`DetectorSpec`: ``--weights``,
-      ``--runtime``, ``--precision``, and ``--detect-resize``, the job's ``AlignConfig.resize``,
-      default ``cap:1024``) and the runtime's default threads, then our selection (largest face >=
-      0.5), ``norm_crop`` and JPEG encode + write, so that only the execution differs;
-  ``matched-1thread``
-      the same on one thread;
-  ``plain``
-      our eager torch detector at its own default resize (the original photo, as the reference
-      detect.py does), on ``--plain-photos`` photos only, because it is ~10x slower;
+``loop``
+    the plain insightface recipe, one photo at a time: ``cv2.imread``, SCRFD-500M
+    (``weights/peers/scrfd_500m_bnkps.onnx``) through ``insightface.model_zoo.scrfd.SCRFD``
+    on onnxruntime with its default threads, ``prepare(ctx_id=-1, input_size=(640, 640))``,
+    ``detect``, the largest face (box area) with score >= 0.5,
+    ``insightface.utils.face_align.norm_crop(img, kps, 112)``, ``cv2.imwrite`` JPEG quality 95
+    into a mirrored tree (``rel`` -> ``dst/rel`` with a ``.jpg`` suffix). The child prints its own
+    timestamps (imports done, model loaded, first crop, end) as JSON.
+``job``
+    the command line with its defaults: ``python jobs/align_dataset.py --src S --dst D
+    --no-progress --summary-json F`` (plus ``--job-args``), ``FACEPREP_WEIGHTS`` set to the shared
+    weights folder and this checkout first on ``PYTHONPATH``.
 
-* the job: ``run_align_job(AlignJobConfig(detector=DetectorSpec(weights, runtime, precision),
-  align=AlignConfig(resize=--detect-resize), ...))`` with a local Ray started by the job and its
-  default plan (flags override), on all ``--photos``. Its ``photos_per_s`` runs from the dataset's
-  start (Ray already up) to the last manifest record, so it includes starting the actors and
-  loading the model; ``photos_per_s_end_to_end`` runs from the ``run_align_job`` call to its
-  return (Ray's start included); ``photos_per_s_wall`` is the whole child process, as for the loops;
-* with ``--rounds N`` the loops (but ``plain``) and the job run N times, interleaved (the machine's
-  speed drifts), and the medians are reported;
-* the job once more on half as many photos, to show that memory does not grow with their number
-  (``--no-half`` skips it).
+Reported per run and as the median over rounds:
 
-Targets printed: the job >= 2x the insightface loop, judged on the job's end-to-end rate (Ray's
-start included) against the loop's rate after its model load; and, as before, >= 1.5x the
-settings-matched loops (processing rate). ``summary.photos_per_s`` in the JSON holds every rate.
+* ``photos_per_s``: photos / whole-process seconds;
+* ``steady_photos_per_s``: the loop's rate after its model load (its own timestamps); the job's
+  ``steady_photos_per_s`` from its summary (the rate after its first records arrive). ``None``
+  when the job's first batch brought half of the photos or more (as the job's own summary does,
+  which then prints no steady rate);
+* ``time_to_first_crop_s``: from spawn to the first crop on disk (the loop's timestamp; for the
+  job, the earliest modification time of a crop under ``dst``); the job's summary field
+  ``time_to_first_crop_s`` is kept as ``summary_time_to_first_crop_s`` when it has one;
+* ``fixed_cost_s``: whole-process seconds minus photos / steady rate (what a run costs besides
+  its photos: start-up, model load, warm-up, shutdown);
+* ``peak_pss_mb``: the peak summed proportional set size (PSS: pages shared between processes,
+  such as Ray's object store, counted once) of the child and its descendants (Ray's GCS, raylet,
+  workers), read from /proc (Linux) every ``--sample-s`` seconds; for the loop also at its end
+  (the child reads its own PSS), so that a short loop is not judged by a sample at its start. A
+  sample of a Ray process tree costs ~0.13 s of CPU, hence the 5 s default on this 2-core machine;
+* the ratios job / loop, per round against the mean of the job's two neighbouring loops:
+  ``whole_process`` (photos_per_s) and ``steady`` (steady_photos_per_s); their medians.
 
-Memory is the peak summed proportional set size (PSS: pages shared between processes, such as
-Ray's object store and the torch libraries, counted once) of the child and all its descendants
-(Ray's GCS, raylet and workers), read from /proc (Linux) every ``--sample-s`` seconds. One sample
-of a Ray process tree costs ~0.13 s of CPU; sampling every 0.25 s took a sixth of this 2-core
-machine from the job, hence the 5 s default. Growth is judged within the full-size run after its warm-up
-(peak of the first half against the second half: a trend, not the luck of which sample lands on a
-12-megapixel photo in flight) and between the half-size and the full-size runs.
+The table goes to stdout; ``--json`` also writes every run (with the job's summary) and the medians.
+Outputs are written under the temporary folder and removed at the end.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -70,64 +71,59 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.shared import MOBILENET_WEIGHTS, asset  # noqa: E402  (the one locator of ../shared)
+from tests.shared import asset  # noqa: E402  (the one locator of ../shared)
 
 PHOTOS_PER_IDENTITY = 20
-TARGET_SPEEDUP = 1.5  # job / settings-matched loop (processing rate)
-TARGET_VS_INSIGHTFACE = 2.0  # job (end to end, Ray's start included) / insightface loop
 SCRFD_FILE = "weights/peers/scrfd_500m_bnkps.onnx"
-DEFAULT_LOOPS = ["insightface", "matched"]
+JOB_SCRIPT = REPO / "jobs" / "align_dataset.py"
+CROP_SUFFIXES = (".jpg", ".png")  # the job's --ext choices
 
 
-def source_photos() -> list[Path]:
-    return sorted(p for p in asset("verification/deepface").iterdir() if p.suffix == ".jpg")
+# ------------------------------------------------------------------------------- photos
 
 
-def build_source(root: Path, count: int) -> list[Path]:
-    """``count`` copies of the deepface photos (cycled) under ``root/idXXX/``; sorted paths are in
-    cycle order, so the first ``k * 62`` photos are ``k`` whole cycles."""
-    photos = source_photos()
-    out = []
+def build_source(root: Path, count: int) -> None:
+    """``count`` copies of the deepface photos (cycled) under ``root/idXXX/``."""
+    photos = sorted(p for p in asset("verification/deepface").iterdir() if p.suffix == ".jpg")
     for i in range(count):
         p = photos[i % len(photos)]
         dst = root / f"id{i // PHOTOS_PER_IDENTITY:03d}" / f"{i:05d}_{p.name}"
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, dst)
-        out.append(dst)
-    return out
 
 
-# ------------------------------------------------------------------------------- child modes
+def link_tree(src: Path, rels: list[str], root: Path) -> None:
+    """``root/rel`` -> ``src/rel`` (absolute symlinks; the job lists symlinked files)."""
+    for rel in rels:
+        link = root / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to((src / rel).resolve())
 
 
-LOOPS = {
-    # name: (threads, 0 = the runtime's default; detector resize: "job" = --detect-resize, None = the
-    # eager torch Detector's own default; runtime: "job" = --runtime/--precision, else that runtime)
-    "insightface": (0, "640x640", "insightface"),
-    "matched": (0, "job", "job"),
-    "matched-1thread": (1, "job", "job"),
-    "plain": (0, None, "torch"),
-}
+# ------------------------------------------------------------------------------- loop child
 
 
-def _photos(src: Path, limit: int | None) -> list[Path]:
-    return sorted(p for p in src.rglob("*.jpg"))[:limit]
+def _own_pss_mb() -> float:
+    return round(_pss(os.getpid()) / 2**20, 1)
 
 
-def run_insightface_loop(src: Path, dst: Path, limit: int | None) -> dict:
-    """insightface's recipe: imread, SCRFD-500M at 640x640, largest face >= 0.5, norm_crop, imwrite."""
+def run_loop(src: Path, photo_list: Path, dst: Path) -> dict:
+    """insightface's recipe on the photos listed (relative paths) in ``photo_list``. Timestamps:
+    ``time.time()``, for the parent to subtract its spawn time."""
     import cv2
     import numpy as np
     from insightface.model_zoo.scrfd import SCRFD
     from insightface.utils.face_align import norm_crop
 
+    t_imports = time.time()
     model = SCRFD(model_file=str(asset(SCRFD_FILE)))
     model.prepare(ctx_id=-1, input_size=(640, 640))
-    photos = _photos(src, limit)
+    t_model = time.time()
+    rels = photo_list.read_text().splitlines()
     faces = unreadable = 0
-    t0 = time.perf_counter()
-    for path in photos:
-        img = cv2.imread(str(path))
+    t_first_crop = None
+    for rel in rels:
+        img = cv2.imread(str(src / rel))
         if img is None:
             unreadable += 1
             continue
@@ -135,91 +131,20 @@ def run_insightface_loop(src: Path, dst: Path, limit: int | None) -> dict:
         ok = np.flatnonzero(det[:, 4] >= 0.5)
         if len(ok):
             area = (det[ok, 2] - det[ok, 0]) * (det[ok, 3] - det[ok, 1])
-            crop = norm_crop(img, kpss[ok[int(np.argmax(area))]])
-            out = dst / path.relative_to(src)
+            crop = norm_crop(img, kpss[ok[int(np.argmax(area))]], 112)
+            out = (dst / rel).with_suffix(".jpg")
             out.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(out), crop)
+            cv2.imwrite(str(out), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
             faces += 1
-    elapsed = time.perf_counter() - t0
-    threads = model.session.get_session_options().intra_op_num_threads
-    return {"variant": "insightface", "photos": len(photos), "faces": faces, "unreadable": unreadable,
-            "seconds_processing": round(elapsed, 3), "photos_per_s": round(len(photos) / elapsed, 3),
-            "threads": threads or "default", "providers": model.session.get_providers(),
-            "detector": "insightface SCRFD-500M, onnxruntime", "detector_resize": "640x640 (letterbox)"}
+            t_first_crop = t_first_crop or time.time()
+    t_end = time.time()
+    return {"photos": len(rels), "faces": faces, "unreadable": unreadable, "t_imports": t_imports,
+            "t_model": t_model, "t_first_crop": t_first_crop, "t_end": t_end,
+            "threads": model.session.get_session_options().intra_op_num_threads or "default",
+            "providers": model.session.get_providers(), "final_pss_mb": _own_pss_mb()}
 
 
-def run_loop(src: Path, dst: Path, weights: str, variant: str, limit: int | None, runtime: str, precision: str,
-             detect_resize: str) -> dict:
-    """Read, detect one photo, pick the largest face >= 0.5, norm_crop, encode, write."""
-    if variant == "insightface":
-        return run_insightface_loop(src, dst, limit)
-    import cv2
-    import torch
-
-    from detector.spec import DetectorSpec
-    from pipeline.align import norm_crop
-    from pipeline.config import AlignConfig
-    from pipeline.images import read_image
-    from pipeline.select import select_faces
-
-    threads, resize, loop_runtime = LOOPS[variant]
-    cfg = AlignConfig(resize=detect_resize)
-    if loop_runtime == "job":
-        spec = DetectorSpec(weights=weights, runtime=runtime, precision=precision, threads=threads or None,
-                            resize=cfg.resize)
-    else:  # plain: the eager torch detector at its own default size
-        spec = DetectorSpec(weights=weights, runtime=loop_runtime, threads=threads or None)
-    spec = spec.resolved()
-    detector = spec.build()
-    photos = _photos(src, limit)
-    faces = 0
-    t0 = time.perf_counter()
-    for path in photos:
-        img = read_image(path)
-        det = detector.detect([img], conf_threshold=cfg.min_score)[0].numpy()
-        keep = select_faces(det.boxes, det.scores, image_shape=img.shape, mode=cfg.select,
-                            min_score=cfg.min_score)
-        if len(keep):
-            crop = norm_crop(img, det.landmarks[keep[0]], cfg.image_size)
-            out = dst / path.relative_to(src)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
-            faces += 1
-    elapsed = time.perf_counter() - t0
-    return {"variant": variant, "photos": len(photos), "faces": faces, "seconds_processing": round(elapsed, 3),
-            "photos_per_s": round(len(photos) / elapsed, 3), "threads": spec.threads or "default",
-            "torch_threads": torch.get_num_threads(), "detector": spec.describe(),
-            "detector_resize": detector.resize.to_string()}
-
-
-def run_job(src: Path, dst: Path, weights: str, runtime: str, precision: str, detect_resize: str,
-            num_workers: int | None, batch_size: int | None, threads: int | None, decode: str,
-            recognizer: str | None = None) -> dict:
-    from detector.spec import DetectorSpec
-    from pipeline.job import AlignJobConfig, run_align_job
-    from pipeline.job.config import job_align_defaults
-    from pipeline.verification.recognizer import IMAGENET_MEAN, IMAGENET_STD, OnnxRecognizerConfig, Preprocess
-
-    # --recognizer: the identity pass with --select identity (MobileFaceNet's normalisation)
-    rec = None if recognizer is None else OnnxRecognizerConfig(
-        model=recognizer, preprocess=Preprocess(rgb=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
-    align = job_align_defaults(resize=detect_resize, **({"select": "identity"} if rec is not None else {}))
-    config = AlignJobConfig(src=src, dst=dst, align=align,
-                            detector=DetectorSpec(weights=weights, runtime=runtime, precision=precision),
-                            num_workers=num_workers, batch_size=batch_size, threads=threads, decode=decode,
-                            recognizer=rec, progress=False)
-    t0 = time.perf_counter()
-    summary = run_align_job(config)
-    end_to_end = time.perf_counter() - t0
-    return {"photos": summary.processed, "faces": summary.crops_written,
-            "seconds_processing": summary.process_s, "seconds_end_to_end": round(end_to_end, 3),
-            "photos_per_s": summary.photos_per_s, "warmup_s": summary.warmup_s,
-            "steady_photos_per_s": summary.steady_photos_per_s,
-            "photos_per_s_end_to_end": round(summary.processed / end_to_end, 3),
-            "counts": summary.counts, "plan": summary.plan}
-
-
-# ------------------------------------------------------------------------------- parent
+# ------------------------------------------------------------------------------- processes and memory
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -236,222 +161,241 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
+def _pss(pid: int) -> int:
+    """PSS (bytes) of one process, from /proc (Linux); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _tree_pss(pid: int) -> int:
-    """Summed PSS (bytes) of ``pid`` and its descendants, from /proc (Linux)."""
+    """Summed PSS (bytes) of ``pid`` and its descendants."""
     children = _children_map()
     stack, total = [pid], 0
     while stack:
         p = stack.pop()
         stack.extend(children.get(p, ()))
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
+        total += _pss(p)
     return total
 
 
-def measure(cmd: list[str], sample_s: float) -> tuple[dict, dict]:
-    """Run a child mode; returns (its JSON result, memory stats)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    samples: list[tuple[float, int]] = []
-    stop = threading.Event()
-    t0 = time.perf_counter()
+def measure(cmd: list[str], *, env: dict[str, str], log: Path, sample_s: float) -> dict:
+    """Run ``cmd`` (stderr to ``log``); its stdout, spawn time (``time.time()``), whole-process
+    seconds and PSS samples of its process tree."""
+    with open(log, "w") as err:
+        spawn = time.time()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
+        samples: list[tuple[float, float]] = []
+        stop = threading.Event()
 
-    def sample() -> None:
-        while proc.poll() is None and not stop.is_set():
-            samples.append((time.perf_counter() - t0, _tree_pss(proc.pid)))
-            stop.wait(sample_s)
+        def sample() -> None:
+            while proc.poll() is None and not stop.is_set():
+                samples.append((round(time.perf_counter() - t0, 1), round(_tree_pss(proc.pid) / 2**20, 1)))
+                stop.wait(sample_s)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out, _ = proc.communicate()
-    stop.set()
-    thread.join()
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        out, _ = proc.communicate()
+        seconds = time.perf_counter() - t0
+        stop.set()
+        thread.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[2:4])} failed with exit code {proc.returncode}")
-    result = json.loads(out.strip().splitlines()[-1])
-    mb = [(round(t, 1), round(v / 2**20, 1)) for t, v in samples] or [(0.0, 0.0)]
-    return result, {"peak_pss_mb": max(v for _, v in mb), "samples": len(samples),
-                    "seconds": round(time.perf_counter() - t0, 3), "pss_mb_trace": mb}
+        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
+        raise RuntimeError(f"{shlex.join(cmd[1:3])} failed with exit code {proc.returncode}:\n{out[-2000:]}{tail}")
+    return {"stdout": out, "spawn": spawn, "seconds": seconds, "pss_mb_trace": samples,
+            "peak_pss_mb": max((v for _, v in samples), default=0.0)}
 
 
-def steady_halves(res: dict) -> tuple[float, float]:
-    """Peak PSS in the first and second half of a job run after its warm-up (when the first
-    records arrive, every process is up and has met its first photos)."""
-    start = res["seconds"] - res["seconds_processing"] + res["warmup_s"]  # processing ends as the child does
-    trace = [(t, v) for t, v in res["pss_mb_trace"] if t >= start]
-    if len(trace) < 2:
-        return 0.0, 0.0
-    middle = (start + res["seconds"]) / 2
-    first = [v for t, v in trace if t < middle] or [0.0]
-    second = [v for t, v in trace if t >= middle] or [0.0]
-    return max(first), max(second)
+def first_crop_mtime(dst: Path) -> float | None:
+    """Earliest modification time (``time.time()`` clock) of a crop file under ``dst``."""
+    times = [p.stat().st_mtime for p in dst.rglob("*") if p.suffix in CROP_SUFFIXES and p.is_file()]
+    return min(times, default=None)
+
+
+def _rounded(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def loop_run(src: Path, photo_list: Path, dst: Path, *, tmp: Path, sample_s: float) -> dict:
+    m = measure([sys.executable, str(Path(__file__).resolve()), "loop", "--src", str(src), "--photo-list",
+                 str(photo_list), "--dst", str(dst)], env=dict(os.environ), log=tmp / "loop.log", sample_s=sample_s)
+    res = json.loads(m["stdout"].strip().splitlines()[-1])
+    n, spawn, seconds = res["photos"], m["spawn"], m["seconds"]
+    steady = n / (res["t_end"] - res["t_model"])
+    return {"kind": "loop", "photos": n, "faces": res["faces"], "seconds": round(seconds, 3),
+            "photos_per_s": round(n / seconds, 3), "steady_photos_per_s": round(steady, 3),
+            "imports_s": round(res["t_imports"] - spawn, 3), "model_loaded_s": round(res["t_model"] - spawn, 3),
+            "time_to_first_crop_s": _rounded(res["t_first_crop"] and res["t_first_crop"] - spawn),
+            "fixed_cost_s": round(seconds - n / steady, 3),
+            "peak_pss_mb": max(m["peak_pss_mb"], res["final_pss_mb"]), "pss_mb_trace": m["pss_mb_trace"],
+            "unreadable": res["unreadable"], "threads": res["threads"], "providers": res["providers"]}
+
+
+def job_run(src: Path, dst: Path, *, job_args: list[str], tmp: Path, sample_s: float) -> dict:
+    summary_file = tmp / "job_summary.json"
+    summary_file.unlink(missing_ok=True)
+    cmd = [sys.executable, str(JOB_SCRIPT), "--src", str(src), "--dst", str(dst), "--no-progress",
+           "--summary-json", str(summary_file), *job_args]
+    env = {**os.environ, "FACEPREP_WEIGHTS": str(asset("weights")),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    m = measure(cmd, env=env, log=tmp / "job.log", sample_s=sample_s)
+    s = json.loads(summary_file.read_text())
+    n, seconds = s["processed"], m["seconds"]
+    # a steady rate means something only when it covers most of the run (the summary's own rule)
+    steady = s["steady_photos_per_s"] if 2 * s["warmup_photos"] < n and s["steady_photos_per_s"] > 0 else None
+    first = first_crop_mtime(dst)
+    return {"kind": "job", "photos": n, "faces": s["crops_written"], "seconds": round(seconds, 3),
+            "photos_per_s": round(n / seconds, 3), "steady_photos_per_s": steady,
+            "time_to_first_crop_s": _rounded(first and first - m["spawn"]),
+            "summary_time_to_first_crop_s": s.get("time_to_first_crop_s"),
+            "fixed_cost_s": _rounded(steady and seconds - n / steady),
+            "peak_pss_mb": m["peak_pss_mb"], "pss_mb_trace": m["pss_mb_trace"],
+            "command": shlex.join(["python", "jobs/align_dataset.py", "--src", "S", "--dst", "D", "--no-progress",
+                                   "--summary-json", "F", *job_args]),
+            "summary": s}
+
+
+# ------------------------------------------------------------------------------- results
+
+
+def _ratio(job: float | None, loops: list[float | None]) -> float | None:
+    if job is None or any(v is None for v in loops):
+        return None
+    return round(job / statistics.fmean(loops), 3)
+
+
+def round_ratios(runs: list[dict]) -> list[dict]:
+    """Per job run (``runs`` alternate loop, job, loop, ..., loop): its rates over the mean of its
+    two neighbouring loops' rates, whole process and steady state."""
+    kinds = [r["kind"] for r in runs]
+    if len(runs) % 2 == 0 or any(k != ("job" if i % 2 else "loop") for i, k in enumerate(kinds)):
+        raise ValueError(f"runs must alternate loop, job, ..., loop; got {kinds}")
+    out = []
+    for i in range(1, len(runs), 2):
+        job, loops = runs[i], (runs[i - 1], runs[i + 1])
+        out.append({key: _ratio(job[f"{rate}photos_per_s"], [r[f"{rate}photos_per_s"] for r in loops])
+                    for key, rate in (("whole_process", ""), ("steady", "steady_"))})
+    return out
+
+
+MEDIAN_KEYS = ("photos_per_s", "steady_photos_per_s", "time_to_first_crop_s", "fixed_cost_s", "peak_pss_mb", "seconds")
+
+
+def _median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians per kind over the runs, and the medians of the per-round ratios."""
+    ratios = round_ratios(runs)
+    out = {kind: {key: _median([r[key] for r in runs if r["kind"] == kind]) for key in MEDIAN_KEYS}
+           for kind in ("loop", "job")}
+    out["ratio"] = {key: _median([r[key] for r in ratios]) for key in ("whole_process", "steady")}
+    out["ratio_per_round"] = ratios
+    return out
+
+
+def _cell(v: float | None, fmt: str) -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def table(runs: list[dict], summary: dict) -> str:
+    head = (f"{'run':<12}{'photos':>7}{'crops':>7}{'whole s':>9}{'photos/s':>10}{'steady/s':>10}"
+            f"{'1st crop s':>11}{'fixed s':>9}{'peak MB':>9}")
+    rows = [head, "-" * len(head)]
+    count = {"loop": 0, "job": 0}
+
+    def row(name: str, r: dict) -> str:
+        return (f"{name:<12}{r.get('photos', ''):>7}{r.get('faces', ''):>7}{_cell(r['seconds'], '.1f'):>9}"
+                f"{_cell(r['photos_per_s'], '.2f'):>10}{_cell(r['steady_photos_per_s'], '.2f'):>10}"
+                f"{_cell(r['time_to_first_crop_s'], '.2f'):>11}{_cell(r['fixed_cost_s'], '.2f'):>9}"
+                f"{_cell(r['peak_pss_mb'], '.0f'):>9}")
+
+    for r in runs:
+        count[r["kind"]] += 1
+        rows.append(row(f"{r['kind']} {count[r['kind']]}", r))
+    rows += ["-" * len(head), row("median loop", summary["loop"]), row("median job", summary["job"])]
+    per_round = "; ".join(f"{_cell(x['whole_process'], '.2f')}x / {_cell(x['steady'], '.2f')}x"
+                          for x in summary["ratio_per_round"])
+    rows.append(f"job / loop: {_cell(summary['ratio']['whole_process'], '.2f')}x whole process, "
+                f"{_cell(summary['ratio']['steady'], '.2f')}x steady state (per round, whole / steady: {per_round})")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("mode", nargs="?", default="bench", choices=("bench", "loop", "job"), help=argparse.SUPPRESS)
-    p.add_argument("--photos", type=int, default=2000, help="photos in the job's source tree")
-    p.add_argument("--loop-photos", type=int, default=496,
-                   help="photos the insightface and matched loops process (8 cycles)")
-    p.add_argument("--plain-photos", type=int, default=124, help="photos the plain loop processes (2 cycles)")
-    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the loops (but plain) and the job")
-    p.add_argument("--loops", nargs="*", choices=sorted(LOOPS), default=list(DEFAULT_LOOPS),
-                   help="loop variants (none: the job alone)")
-    p.add_argument("--weights", default=None, help="RetinaFace weights (default: the shared MobileNet file)")
-    p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"),
-                   help="job and matched loops: detector runtime (auto: the job's default choice)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="job and matched loops: detector precision (bf16: openvino)")
-    p.add_argument("--detect-resize", default=None, metavar="POLICY",
-                   help="job and matched loops: detector input size (default: the job's, long:640)")
-    p.add_argument("--num-workers", type=int, help="job: detector actors (default: the job's plan)")
-    p.add_argument("--batch-size", type=int, help="job: largest chunk (default: the job's plan)")
-    p.add_argument("--threads", "--torch-threads", dest="threads", type=int,
-                   help="job: intra-op threads per actor (default: the job's plan)")
-    p.add_argument("--decode", choices=("auto", "tasks", "actors"), default="auto", help="job: where to decode")
-    p.add_argument("--recognizer", help="job: also run the identity pass with this ArcFace ONNX (MobileFaceNet "
-                                        "normalisation) and --select identity")
-    p.add_argument("--no-half", action="store_true", help="skip the half-size job run (memory check)")
+    p.add_argument("mode", nargs="?", default="bench", choices=("bench", "loop"), help=argparse.SUPPRESS)
+    p.add_argument("--src", type=Path, help="photo tree (recursive); default: --photos deepface copies")
+    p.add_argument("--photos", type=int, default=2000, help="deepface copies to build when --src is not given")
+    p.add_argument("--limit", type=int, help="only the first N photos (sorted relative paths)")
+    p.add_argument("--rounds", type=int, default=1, help="jobs, each between two loops (loop, job, loop, ...)")
+    p.add_argument("--job-args", default="", help="extra flags for jobs/align_dataset.py (default: none)")
     p.add_argument("--sample-s", type=float, default=5.0, help="seconds between memory samples")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--src", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--limit", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--photo-list", type=Path, help=argparse.SUPPRESS)  # loop child: relative paths, one a line
+    p.add_argument("--dst", type=Path, help=argparse.SUPPRESS)  # loop child: output tree
     args = p.parse_args(argv)
-    weights = args.weights or str(asset(MOBILENET_WEIGHTS))
-    if args.detect_resize is None:
-        from pipeline.job.config import JOB_RESIZE
-
-        args.detect_resize = JOB_RESIZE
 
     if args.mode == "loop":
-        print(json.dumps(run_loop(args.src, args.dst, weights, args.loops[0], args.limit, args.runtime,
-                                  args.precision, args.detect_resize)))
+        print(json.dumps(run_loop(args.src, args.photo_list, args.dst)))
         return 0
-    if args.mode == "job":
-        print(json.dumps(run_job(args.src, args.dst, weights, args.runtime, args.precision, args.detect_resize,
-                                 args.num_workers, args.batch_size, args.threads, args.decode, args.recognizer)))
-        return 0
+    for name in ("photos", "limit", "rounds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.src is not None and not args.src.is_dir():
+        p.error(f"--src {args.src}: not a folder")
 
-    cycle = len(source_photos())
-    results: dict = {"photos": args.photos, "cpus": os.cpu_count(), "rounds": args.rounds,
-                     "settings": {"runtime": args.runtime, "precision": args.precision,
-                                  "detect_resize": args.detect_resize, "weights": Path(weights).name,
-                                  "num_workers": args.num_workers, "batch_size": args.batch_size,
-                                  "threads": args.threads, "decode": args.decode, "recognizer": args.recognizer},
-                     "load_avg_start": os.getloadavg(), "loops": {}, "jobs": []}
-    with tempfile.TemporaryDirectory(prefix="bench_align_job_") as tmp:
-        tmp = Path(tmp)
-        build_source(tmp / "raw", args.photos)
-        if not args.no_half:
-            build_source(tmp / "raw_half", args.photos // 2)
-        base = [sys.executable, str(Path(__file__).resolve())]
-        extra = [f"--weights={weights}", f"--decode={args.decode}", f"--runtime={args.runtime}",
-                 f"--precision={args.precision}", f"--detect-resize={args.detect_resize}"]
-        for flag in ("num_workers", "batch_size", "threads", "recognizer"):
-            if getattr(args, flag) is not None:
-                extra.append(f"--{flag.replace('_', '-')}={getattr(args, flag)}")
+    from pipeline.job.resume import list_inputs  # what the job counts as a photo
 
-        def loop(variant: str) -> None:
-            limit = args.plain_photos if variant == "plain" else args.loop_photos
-            shutil.rmtree(tmp / f"out_{variant}", ignore_errors=True)
-            res, mem = measure([*base, "loop", "--src", str(tmp / "raw"), "--dst", str(tmp / f"out_{variant}"),
-                                "--loops", variant, f"--limit={limit}", *extra], args.sample_s)
-            res = {**res, **mem}  # mem["seconds"]: the whole child process
-            res["photos_per_s_wall"] = round(res["photos"] / mem["seconds"], 3)
-            results["loops"].setdefault(variant, []).append(res)
-            print(f"loop {variant} ({res['photos']} photos, {res['detector']}, threads {res['threads']}, detector "
-                  f"resize {res['detector_resize']}): {res['photos_per_s']:.2f} photos/s after its model load "
-                  f"({res['photos_per_s_wall']:.2f} for the whole process), {res['faces']} crops, "
-                  f"peak {mem['peak_pss_mb']} MB", flush=True)
-            if limit % cycle:
-                print(f"  note: {limit} is not a multiple of {cycle}: a different mix of photos than the job's",
-                      flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_align_job_") as tmp_name:
+        tmp = Path(tmp_name)
+        src = args.src.resolve() if args.src is not None else tmp / "deepface"
+        if args.src is None:
+            build_source(src, args.photos)
+        rels = list_inputs(src)
+        if not rels:
+            p.error(f"no photos under {src}")
+        if args.limit is not None and args.limit < len(rels):
+            rels = rels[: args.limit]
+            link_tree(src, rels, tmp / "src")
+            src = tmp / "src"
+        photo_list = tmp / "photos.txt"
+        photo_list.write_text("\n".join(rels) + "\n")
+        job_args = shlex.split(args.job_args)
+        results: dict = {"src": str(args.src or f"{args.photos} deepface copies"), "limit": args.limit,
+                         "photos": len(rels), "rounds": args.rounds, "cpus": os.cpu_count(),
+                         "job_args": job_args, "load_avg_start": os.getloadavg(), "runs": []}
+        print(f"{len(rels)} photos from {results['src']}; loop / job / loop x {args.rounds} round(s)", flush=True)
 
-        def job(src: Path, key: str) -> dict:
-            shutil.rmtree(tmp / "out_job", ignore_errors=True)
-            res, mem = measure([*base, "job", "--src", str(src), "--dst", str(tmp / "out_job"), *extra], args.sample_s)
-            res = {**res, **mem}
-            res["photos_per_s_wall"] = round(res["photos"] / mem["seconds"], 3)
-            res["peak_pss_first_half_mb"], res["peak_pss_second_half_mb"] = steady_halves(res)
-            print(f"{key} on {res['photos']} photos: {res['photos_per_s']:.2f} photos/s "
-                  f"({res['photos_per_s_end_to_end']:.2f} counting Ray's start, {res['photos_per_s_wall']:.2f} for "
-                  f"the whole process; {res['steady_photos_per_s']:.2f} after a {res['warmup_s']:.1f} s warm-up), "
-                  f"{res['faces']} crops, peak {mem['peak_pss_mb']} MB; {res['plan']}", flush=True)
-            return res
+        def record(r: dict) -> None:
+            results["runs"].append(r)
+            print(f"{r['kind']}: {r['photos']} photos in {r['seconds']:.1f} s, {r['photos_per_s']:.2f} photos/s "
+                  f"(steady {_cell(r['steady_photos_per_s'], '.2f')}), {r['faces']} crops, "
+                  f"peak {r['peak_pss_mb']:.0f} MB", flush=True)
 
+        def fresh(folder: Path) -> Path:
+            shutil.rmtree(folder, ignore_errors=True)
+            return folder
+
+        record(loop_run(src, photo_list, fresh(tmp / "out_loop"), tmp=tmp, sample_s=args.sample_s))
         for _ in range(args.rounds):
-            for variant in [v for v in args.loops if v != "plain"]:
-                loop(variant)
-            results["jobs"].append(job(tmp / "raw", "job"))
-        if "plain" in args.loops:
-            loop("plain")
-        if not args.no_half:
-            results["job_half"] = job(tmp / "raw_half", "job (memory check)")
-
-    median = statistics.median
-    job_rate = median(j["photos_per_s"] for j in results["jobs"])
-    job_e2e = median(j["photos_per_s_end_to_end"] for j in results["jobs"])
-    job_steady = median(j["steady_photos_per_s"] for j in results["jobs"])
-    job_wall = median(j["photos_per_s_wall"] for j in results["jobs"])
-    rates = {"job": job_rate, "job_end_to_end": job_e2e, "job_steady": job_steady, "job_wall": job_wall}
-    summary = {"photos_per_s": rates, "job_photos_per_s": job_rate, "job_photos_per_s_end_to_end": job_e2e,
-               "job_steady_photos_per_s": job_steady, "job_photos_per_s_wall": job_wall, "speedup": {}}
-    print(f"\njob on {args.photos} photos (median of {len(results['jobs'])}): {job_rate:.2f} photos/s, "
-          f"{job_e2e:.2f} counting Ray's start, {job_wall:.2f} for the whole process, {job_steady:.2f} after "
-          f"its warm-up")
-    for variant, runs in results["loops"].items():
-        rate = median(r["photos_per_s"] for r in runs)
-        wall = median(r["photos_per_s_wall"] for r in runs)
-        rates[f"{variant}_loop"] = rate
-        rates[f"{variant}_loop_wall"] = wall
-        speedup = {"processing": round(job_rate / rate, 3), "end_to_end": round(job_e2e / rate, 3),
-                   "steady": round(job_steady / rate, 3), "wall": round(job_wall / wall, 3)}
-        summary["speedup"][variant] = {"loop_photos_per_s": rate, "loop_photos_per_s_wall": wall, **speedup}
-        print(f"job vs loop {variant} ({rate:.2f} photos/s; {wall:.2f} whole process): {speedup['processing']:.2f}x "
-              f"({speedup['end_to_end']:.2f}x counting Ray's start, {speedup['steady']:.2f}x after the warm-up, "
-              f"{speedup['wall']:.2f}x whole process against whole process)")
-    if "insightface" in summary["speedup"]:
-        s = summary["speedup"]["insightface"]
-        met = s["end_to_end"] >= TARGET_VS_INSIGHTFACE
-        summary["target_vs_insightface"] = {"target": TARGET_VS_INSIGHTFACE, "ratio_end_to_end": s["end_to_end"],
-                                            "ratio_processing": s["processing"], "ratio_wall": s["wall"], "met": met}
-        print(f"target job >= {TARGET_VS_INSIGHTFACE}x the insightface loop: {'met' if met else 'NOT met'} "
-              f"({s['end_to_end']:.2f}x: the job's end-to-end rate, Ray's start included, against the loop's rate "
-              f"after its model load; {s['processing']:.2f}x on the job's processing rate, {s['wall']:.2f}x whole "
-              f"process against whole process)")
-    matched = [summary["speedup"][v]["processing"] for v in ("matched", "matched-1thread") if v in summary["speedup"]]
-    if matched:
-        worst = min(matched)
-        verdict = "met" if worst >= TARGET_SPEEDUP else "NOT met"
-        summary["target_vs_matched"] = {"target": TARGET_SPEEDUP, "ratio_processing": worst,
-                                        "met": worst >= TARGET_SPEEDUP}
-        print(f"target >= {TARGET_SPEEDUP}x the settings-matched loop: {verdict} "
-              f"({worst:.2f}x against the faster matched loop)")
-    first = median(j["peak_pss_first_half_mb"] for j in results["jobs"])
-    second = median(j["peak_pss_second_half_mb"] for j in results["jobs"])
-    full = median(j["peak_pss_mb"] for j in results["jobs"])
-    summary["memory_mb"] = {"full": full, "first_half_of_run": first, "second_half_of_run": second}
-    line = (f"peak memory on {args.photos} photos: {full:.0f} MB; after the warm-up, first half of the run "
-            f"{first:.0f} MB, second half {second:.0f} MB")
-    if "job_half" in results:
-        half = results["job_half"]["peak_pss_mb"]
-        summary["memory_mb"]["half_size_run"] = half
-        line += f"; {half:.0f} MB on {args.photos // 2} photos"
-    if not first:  # no samples after the warm-up (a short run): nothing to judge
-        print(f"{line} (too few samples after the warm-up to judge growth)")
-    else:
-        print(f"{line} ({'GROWS' if second > 1.05 * first else 'no growth'} with the photos processed)")
-    for variant, runs in results["loops"].items():
-        summary["memory_mb"][f"{variant}_loop"] = median(r["peak_pss_mb"] for r in runs)
-    results["summary"] = summary
+            record(job_run(src, fresh(tmp / "out_job"), job_args=job_args, tmp=tmp, sample_s=args.sample_s))
+            record(loop_run(src, photo_list, fresh(tmp / "out_loop"), tmp=tmp, sample_s=args.sample_s))
     results["load_avg_end"] = os.getloadavg()
+    results["summary"] = summarize(results["runs"])
+    print()
+    print(table(results["runs"], results["summary"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
