@@ -26,7 +26,8 @@ machine's speed drifts):
 ``job``
     the command line with its defaults: ``python jobs/align_dataset.py --src S --dst D
     --no-progress --summary-json F`` (plus ``--job-args``), ``FACEPREP_WEIGHTS`` set to the shared
-    weights folder and this checkout first on ``PYTHONPATH``.
+    weights folder and this checkout first on ``PYTHONPATH``. Its exit code 3 (finished, some
+    photos failed, e.g. unreadable) is accepted: those photos count, as the loop's unreadable ones do.
 
 Reported per run and as the median over rounds:
 
@@ -184,9 +185,10 @@ def _tree_pss(pid: int) -> int:
     return total
 
 
-def measure(cmd: list[str], *, env: dict[str, str], log: Path, sample_s: float) -> dict:
+def measure(cmd: list[str], *, env: dict[str, str], log: Path, sample_s: float, ok_codes: tuple[int, ...] = (0,)
+            ) -> dict:
     """Run ``cmd`` (stderr to ``log``); its stdout, spawn time (``time.time()``), whole-process
-    seconds and PSS samples of its process tree."""
+    seconds and PSS samples of its process tree. An exit code not in ``ok_codes`` raises."""
     with open(log, "w") as err:
         spawn = time.time()
         t0 = time.perf_counter()
@@ -205,7 +207,7 @@ def measure(cmd: list[str], *, env: dict[str, str], log: Path, sample_s: float) 
         seconds = time.perf_counter() - t0
         stop.set()
         thread.join()
-    if proc.returncode != 0:
+    if proc.returncode not in ok_codes:
         tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
         raise RuntimeError(f"{shlex.join(cmd[1:3])} failed with exit code {proc.returncode}:\n{out[-2000:]}{tail}")
     return {"stdout": out, "spawn": spawn, "seconds": seconds, "pss_mb_trace": samples,
@@ -244,7 +246,7 @@ def job_run(src: Path, dst: Path, *, job_args: list[str], tmp: Path, sample_s: f
            "--summary-json", str(summary_file), *job_args]
     env = {**os.environ, "FACEPREP_WEIGHTS": str(asset("weights")),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    m = measure(cmd, env=env, log=tmp / "job.log", sample_s=sample_s)
+    m = measure(cmd, env=env, log=tmp / "job.log", sample_s=sample_s, ok_codes=(0, 3))  # 3: some photos failed
     s = json.loads(summary_file.read_text())
     n, seconds = s["processed"], m["seconds"]
     # a steady rate means something only when it covers most of the run (the summary's own rule)
@@ -379,10 +381,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(rels)} photos from {results['src']}; loop / job / loop x {args.rounds} round(s)", flush=True)
 
         def record(r: dict) -> None:
+            if r["photos"] != len(rels):
+                raise RuntimeError(f"the {r['kind']} processed {r['photos']} photos, not the {len(rels)} listed")
             results["runs"].append(r)
             print(f"{r['kind']}: {r['photos']} photos in {r['seconds']:.1f} s, {r['photos_per_s']:.2f} photos/s "
                   f"(steady {_cell(r['steady_photos_per_s'], '.2f')}), {r['faces']} crops, "
                   f"peak {r['peak_pss_mb']:.0f} MB", flush=True)
+            if r["kind"] == "job":
+                s = r["summary"]
+                own = r["summary_time_to_first_crop_s"]
+                print(f"  its summary: {s['photos_per_s']:.2f} photos/s from the dataset's start, warm-up "
+                      f"{s['warmup_s']:.1f} s" + ("" if own is None else f", time to first crop {own:.2f} s")
+                      + f"; {s['plan']}", flush=True)
 
         def fresh(folder: Path) -> Path:
             shutil.rmtree(folder, ignore_errors=True)
