@@ -61,6 +61,8 @@ def test_bench_end_to_end_on_a_small_tree(tmp_path):
     loop, job = result["runs"][0], result["runs"][1]
     assert loop["steady_photos_per_s"] > loop["photos_per_s"] and 0 < loop["fixed_cost_s"] < loop["seconds"]
     assert job["summary"]["inputs"] == 6 and job["command"].startswith("python jobs/align_dataset.py --src S")
+    # the job's own clock starts at its run_align_job call, after the interpreter's start and imports
+    assert 0 < job["summary_time_to_first_crop_s"] < job["time_to_first_crop_s"]
     s = result["summary"]
     assert s["loop"]["photos_per_s"] > 0 and s["job"]["photos_per_s"] > 0
     expected = job["photos_per_s"] / ((loop["photos_per_s"] + result["runs"][2]["photos_per_s"]) / 2)
