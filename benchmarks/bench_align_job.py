@@ -35,7 +35,9 @@ Reported per run and as the median over rounds:
 * ``steady_photos_per_s``: the loop's rate after its model load (its own timestamps); the job's
   ``steady_photos_per_s`` from its summary (the rate after its first records arrive). ``None``
   when the job's first batch brought half of the photos or more (as the job's own summary does,
-  which then prints no steady rate);
+  which then prints no steady rate). The job's records reach its driver a chunk at a time, and
+  the other actors' first chunks, done during the warm-up, count as steady: on a run of a few
+  chunks per actor this rate is too high; judge it on thousands of photos;
 * ``time_to_first_crop_s``: from spawn to the first crop on disk (the loop's timestamp; for the
   job, the earliest modification time of a crop under ``dst``). The job's summary counts its
   own ``time_to_first_crop_s`` from the ``run_align_job`` call to the first records at the driver
