@@ -10,13 +10,14 @@ folder and ``os.replace``-d onto its final name. A killed writer leaves at most 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["TEMP_MARKER", "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_temporaries",
-           "temp_path"]
+           "sha256_file", "temp_path"]
 
 TEMP_MARKER = ".faceprep-tmp-"
 """Substring of every temporary file name this module creates (``.<name>.faceprep-tmp-<hex>``)."""
@@ -84,3 +85,13 @@ def remove_temporaries(root: str | os.PathLike) -> int:
                 Path(folder, name).unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content, read ``chunk`` bytes at a time (the one file hash of the
+    project: weights, landmark files, recognisers). Raises ``OSError`` when it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

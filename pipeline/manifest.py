@@ -4,6 +4,8 @@ A record is appended only after its outputs are in place. A kill can leave at mo
 last line; readers ignore lines without their newline and :class:`ManifestWriter` truncates such a
 tail before appending. A later record for the same input supersedes earlier ones;
 :func:`compact_manifest` rewrites the file (atomically) with exactly one record per input.
+A line is one :class:`pipeline.records.PhotoRecord` (:func:`iter_records`); :func:`iter_manifest`
+gives the raw JSON objects.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from common.fsio import temp_path
+from pipeline.records import STATUS_ERROR, PhotoRecord, RecordError
 
-__all__ = ["ManifestWriter", "compact_manifest", "iter_manifest", "load_manifest", "outputs_complete"]
+__all__ = ["ManifestWriter", "compact_manifest", "iter_manifest", "iter_records", "load_manifest", "outputs_complete"]
 
 
-def outputs_complete(dst: str | os.PathLike, record: Mapping[str, Any]) -> bool:
+def outputs_complete(dst: str | os.PathLike, record: PhotoRecord | Mapping[str, Any]) -> bool:
     """True when every output the record lists exists as a non-empty file under ``dst``.
 
     An output ``FILE#MEMBER`` (a sample inside a shard, see :mod:`pipeline.writers`) needs ``FILE``."""
-    for rel in record.get("outputs") or ():
+    outputs = record.outputs if isinstance(record, PhotoRecord) else record.get("outputs") or ()
+    for rel in outputs:
         try:
             if os.stat(Path(dst, rel.partition("#")[0])).st_size <= 0:
                 return False
@@ -66,13 +70,16 @@ class ManifestWriter:
                 pos = start
             f.truncate(0)
 
-    def append(self, record: Mapping[str, Any] | str) -> None:
+    def append(self, record: PhotoRecord | Mapping[str, Any] | str) -> None:
         self.append_many([record])
 
-    def append_many(self, records: Iterable[Mapping[str, Any] | str]) -> None:
+    def append_many(self, records: Iterable[PhotoRecord | Mapping[str, Any] | str]) -> None:
         lines = []
         for record in records:
-            line = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False)
+            if isinstance(record, PhotoRecord):
+                line = record.to_json()
+            else:
+                line = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False)
             if "\n" in line:
                 raise ValueError("a manifest record must be a single line")
             lines.append(line + "\n")
@@ -125,6 +132,19 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Complete records in file order (later records for the same ``src`` supersede earlier)."""
     for _offset, record in _iter_lines(Path(path)):
         yield record
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[PhotoRecord]:
+    """Complete records in file order, typed. A line with a ``src`` but a field of the wrong type
+    reads as an ``error`` record of that ``src`` (it still supersedes the earlier ones; the input
+    is redone)."""
+    for _offset, record in _iter_lines(Path(path)):
+        try:
+            yield PhotoRecord.from_dict(record)
+        except RecordError as e:
+            if record["src"]:
+                yield PhotoRecord(src=record["src"], status=STATUS_ERROR,
+                                  error=f"unreadable manifest record: {e}")
 
 
 def load_manifest(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

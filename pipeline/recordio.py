@@ -37,7 +37,8 @@ import numpy as np
 import cv2
 
 from common.fsio import atomic_write_text, temp_path
-from pipeline.manifest import iter_manifest
+from pipeline.manifest import iter_records
+from pipeline.records import IDENTITIES_NAME, MANIFEST_NAME, STATUS_OK
 
 __all__ = [
     "MAGIC",
@@ -448,20 +449,20 @@ def write_recordio_from_manifest(dst: Path, *, image_size: tuple[int, int], qual
     seen: set[str] = set()
     skipped = 0
     with ArcFaceRecordWriter(dst, image_size=image_size) as writer:
-        for record in iter_manifest(dst / "manifest.jsonl"):
-            if record.get("status") != "ok" or not record.get("outputs"):
+        for record in iter_records(dst / MANIFEST_NAME):
+            if record.status != STATUS_OK or not record.outputs:
                 continue
-            parts = PurePosixPath(record["src"]).parts
+            parts = PurePosixPath(record.src).parts
             if len(parts) < 2:
                 skipped += 1
                 continue
             if not identities or identities[-1][0] != parts[0]:
                 if parts[0] in seen:
-                    raise ValueError(f"{dst / 'manifest.jsonl'} is not sorted by src; compact it first")
+                    raise ValueError(f"{dst / MANIFEST_NAME} is not sorted by src; compact it first")
                 seen.add(parts[0])
                 identities.append((parts[0], 0))
             label = len(identities) - 1
-            for rel in record["outputs"]:
+            for rel in record.outputs:
                 data = (dst / rel).read_bytes()
                 if not rel.lower().endswith((".jpg", ".jpeg")):
                     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -469,7 +470,7 @@ def write_recordio_from_manifest(dst: Path, *, image_size: tuple[int, int], qual
                 writer.add(label, data)
                 identities[-1] = (parts[0], identities[-1][1] + 1)
         num_images = writer.num_images
-    atomic_write_text(dst / "identities.tsv",
+    atomic_write_text(dst / IDENTITIES_NAME,
                       "".join(f"{i}\t{name}\t{count}\n" for i, (name, count) in enumerate(identities)))
     return {"images": num_images, "identities": len(identities), "skipped_without_identity": skipped,
             "rec": str(dst / "train.rec")}

@@ -31,7 +31,10 @@ import cv2
 import numpy as np
 
 from common.fsio import TEMP_MARKER, atomic_write_bytes, atomic_write_text, remove_temporaries, temp_path
-from pipeline.manifest import ManifestWriter, compact_manifest, iter_manifest, load_manifest, outputs_complete
+from pipeline.manifest import (
+    ManifestWriter, compact_manifest, iter_manifest, iter_records, load_manifest, outputs_complete,
+)
+from pipeline.records import MANIFEST_NAME, PhotoRecord
 
 __all__ = [
     "FORMATS", "TEMP_MARKER", "CropWriter", "FolderCropWriter", "ManifestWriter", "OutputLayout", "RecordIOCropWriter",
@@ -207,7 +210,7 @@ class WebDatasetCropWriter(CropWriter):
 
     def finalize(self) -> dict[str, Any] | None:
         shards = sorted((Path(self.dst) / self.folder).glob("shard-*.tar"))
-        samples = sum(len(r.get("outputs") or ()) for r in iter_manifest(Path(self.dst) / "manifest.jsonl"))
+        samples = sum(len(r.outputs) for r in iter_records(Path(self.dst) / MANIFEST_NAME))
         return {"shards": len(shards), "samples": samples, "folder": str(Path(self.dst) / self.folder)}
 
 
@@ -256,20 +259,19 @@ class _ShardSink(RecordSink):
                 continue
             if self._tar is None:
                 self._open()
-            record = json.loads(line)
-            identity = identity_of(record["src"])
+            record = PhotoRecord.from_json(line)
+            identity = identity_of(record.src)
             outputs = []
             for j, data in enumerate(crops):
                 key = f"{self.next_shard:06d}-{self._samples:06d}"
                 self._samples += 1
-                face_index = record["selected"][j] if j < len(record["selected"]) else None
+                face_index = record.selected[j] if j < len(record.selected) else None
                 meta = {"label": self.labels.get(identity, -1) if identity else -1, "identity": identity,
-                        "src": record["src"], "face_index": face_index,
-                        "face": record["faces"][face_index] if face_index is not None else None}
+                        "src": record.src, "face_index": face_index,
+                        "face": record.faces[face_index].to_json() if face_index is not None else None}
                 self._tar.write({"__key__": key, ext: bytes(data), "json": json.dumps(meta).encode("utf-8")})
                 outputs.append(f"{self.writer.folder}/{self._name}#{key}")
-            record["outputs"] = outputs
-            self._pending.append(json.dumps(record, ensure_ascii=False))
+            self._pending.append(dataclasses.replace(record, outputs=tuple(outputs)).to_json())
         self.manifest.append_many(direct)
         if self._tar is not None and self._stream.tell() >= self.writer.shard_bytes:
             self._close_shard()

@@ -1,5 +1,6 @@
 """What the align job is asked to do: :class:`AlignJobConfig` (frozen, validated once), exit codes,
-file names in ``dst``, and the resume fingerprint derived from the config's own fields."""
+and the resume fingerprint derived from the config's own fields. The statuses and the file names in
+``dst`` live in :mod:`pipeline.records` (re-exported here)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from common.fsio import sha256_file
 from detector.spec import DetectorSpec
 from detector.config import ResizePolicy
 from pipeline.config import AlignConfig
 from pipeline.curation.quality import QualityFilter
 from pipeline.curation.identity import OutlierRule
+from pipeline.records import (  # re-exported: the names' home is pipeline.records
+    DONE_STATUSES, IDENTITIES_NAME, JOB_NAME, LOCK_NAME, MANIFEST_NAME, STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE,
+    STATUS_OK, STATUSES, SUMMARY_NAME,
+)
 from pipeline.verification.recognizer import OnnxRecognizerConfig
 from pipeline.writers import FORMATS, OutputLayout
 
 __all__ = [
     "AlignJobConfig", "EXIT_FILES_FAILED", "EXIT_OK", "EXIT_USAGE", "JobConfigError", "IDENTITIES_NAME",
     "JOB_NAME", "LOCK_NAME", "MANIFEST_NAME", "SUMMARY_NAME", "STATUSES", "STATUS_ERROR", "STATUS_NO_FACE",
-    "STATUS_OK", "DONE_STATUSES", "STATUS_FILTERED", "EXIT_NODE_LOST",
+    "STATUS_OK", "DONE_STATUSES", "STATUS_FILTERED", "EXIT_NODE_LOST", "recognizer_fingerprint",
 ]
 
 def job_align_defaults(**overrides: Any) -> AlignConfig:
@@ -27,12 +33,6 @@ def job_align_defaults(**overrides: Any) -> AlignConfig:
     recorded per photo, with ``overrides``."""
     return AlignConfig(**{"on_error": "record", **overrides})
 
-
-STATUS_OK, STATUS_NO_FACE, STATUS_ERROR = "ok", "no_face", "error"
-STATUS_FILTERED = "filtered"
-"""Faces were found, but every one failed the quality filter (the record's ``"filtered"`` says why)."""
-STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_FILTERED, STATUS_ERROR)
-DONE_STATUSES = frozenset({STATUS_OK, STATUS_NO_FACE, STATUS_FILTERED})
 
 EXIT_OK = 0
 """Every input has an ``ok``, ``no_face`` or ``filtered`` record."""
@@ -44,12 +44,6 @@ EXIT_FILES_FAILED = 3
 EXIT_NODE_LOST = 75
 """Stopped: a Ray node died and no photo finished for ``stall_timeout_s`` since (sysexits'
 EX_TEMPFAIL). Finished photos are recorded; rerun the same command to resume."""
-
-MANIFEST_NAME = "manifest.jsonl"
-SUMMARY_NAME = "summary.json"
-JOB_NAME = "job.json"
-LOCK_NAME = ".align-job.lock"
-IDENTITIES_NAME = "identities.tsv"
 
 
 class JobConfigError(ValueError):
@@ -209,17 +203,24 @@ class AlignJobConfig:
         """sha256 of the landmarks file (its content, not its name, decides the outputs)."""
         if self.landmarks is None:
             return None
-        import hashlib
-
         try:
-            with open(self.landmarks, "rb") as f:
-                return hashlib.file_digest(f, "sha256").hexdigest()
+            return sha256_file(self.landmarks)
         except OSError as e:
             raise JobConfigError(f"cannot read landmarks file {self.landmarks}: {e.strerror or e}") from e
 
     def _recognizer_fingerprint(self) -> dict[str, Any] | None:
         if self.recognizer is None:
             return None
-        from pipeline.job.identity import recognizer_fingerprint
-
         return {**recognizer_fingerprint(self.recognizer), "outlier": self.outlier.to_json()}
+
+
+def recognizer_fingerprint(recognizer: OnnxRecognizerConfig) -> dict[str, Any]:
+    """What decides the embeddings of ``--recognizer``: the model file (path, size, sha256) and its
+    pre-processing. An unreadable file is a :class:`JobConfigError`."""
+    path = Path(recognizer.model).resolve()
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        raise JobConfigError(f"recogniser {recognizer.model}: cannot read ({e.strerror or e})") from e
+    return {"model": str(path), "bytes": path.stat().st_size, "sha256": digest,
+            "preprocess": recognizer.preprocess.to_json()}

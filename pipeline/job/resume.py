@@ -1,8 +1,8 @@
 """Listing and resume: what is under ``src``, what ``dst`` already holds, and whether it may be
 resumed (same settings, one job at a time).
 
-Resume contract: an input is done when its latest manifest record has status ``ok`` or
-``no_face`` and every output it lists exists. Outputs are in place before their record is
+Resume contract: an input is done when its latest manifest record has status ``ok``, ``no_face``
+or ``filtered`` (:data:`pipeline.records.DONE_STATUSES`) and every output it lists exists. Outputs are in place before their record is
 appended, so a kill at any moment leaves either a trusted record with complete outputs, or no
 record (the input is redone; its outputs are atomically replaced). ``error`` records are retried.
 """
@@ -20,8 +20,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.images import IMAGE_EXTENSIONS
-from pipeline.job.config import DONE_STATUSES, JOB_NAME, STATUS_ERROR, STATUSES, AlignJobConfig, JobConfigError
-from pipeline.manifest import iter_manifest, outputs_complete
+from pipeline.job.config import AlignJobConfig, JobConfigError
+from pipeline.manifest import iter_records, outputs_complete
+from pipeline.records import JOB_NAME, STATUSES
 
 __all__ = ["check_fingerprint", "check_paths", "done_inputs", "exclusive", "final_counts", "list_inputs"]
 
@@ -58,23 +59,23 @@ def list_inputs(src: Path, *, exclude: Path | None = None,
 
 
 def done_inputs(manifest: Path, dst: Path) -> set[str]:
-    """Inputs whose latest record is ``ok``/``no_face`` with every listed output present."""
+    """Inputs whose latest record is done (``ok``, ``no_face``, ``filtered``) with every listed
+    output present."""
     done: set[str] = set()
-    for record in iter_manifest(manifest):
-        src = record["src"]
-        if record.get("status") in DONE_STATUSES and outputs_complete(dst, record):
-            done.add(src)
+    for record in iter_records(manifest):
+        if record.done and outputs_complete(dst, record):
+            done.add(record.src)
         else:
-            done.discard(src)
+            done.discard(record.src)
     return done
 
 
 def final_counts(manifest: Path, keep: set[str]) -> Counter:
     """Records per status among the inputs ``keep`` (latest record of each)."""
     latest: dict[str, str] = {}
-    for record in iter_manifest(manifest):
-        if record["src"] in keep:
-            latest[record["src"]] = record.get("status", STATUS_ERROR)
+    for record in iter_records(manifest):
+        if record.src in keep:
+            latest[record.src] = record.status
     counts: Counter = Counter({s: 0 for s in STATUSES})
     counts.update(latest.values())
     return counts

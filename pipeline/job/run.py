@@ -37,7 +37,7 @@ from common.ray_init import ray_session
 from detector.hub import CheckpointError
 from detector.spec import DetectorSpec
 from pipeline.curation.landmarks import GivenLandmarks, LandmarksFileError, read_landmarks_csv
-from pipeline.job.config import JOB_NAME, LOCK_NAME, MANIFEST_NAME, STATUSES, SUMMARY_NAME, AlignJobConfig, JobConfigError
+from pipeline.job.config import AlignJobConfig, JobConfigError
 from pipeline.job.identity import (
     FaceEmbedPredictor, IdentityCropPredictor, actor_recognizer, check_recognizer, identity_summary,
     prepare_identities,
@@ -48,6 +48,7 @@ from pipeline.job.resume import check_fingerprint, check_paths, done_inputs, exc
 from pipeline.job.stages import FaceCropPredictor, read_images, with_io, write_crops
 from pipeline.job.summary import JobSummary, RunStats, make_summary
 from pipeline.manifest import ManifestWriter, compact_manifest
+from pipeline.records import JOB_NAME, LOCK_NAME, MANIFEST_NAME, STATUSES, SUMMARY_NAME
 from pipeline.report import ReportConfig, ReportError, build_report
 from pipeline.writers import CropWriter, OutputLayout, make_writer
 

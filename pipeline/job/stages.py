@@ -31,7 +31,7 @@ from pipeline.config import AlignConfig
 from pipeline.curation.landmarks import unpack_points
 from pipeline.curation.quality import QualityFilter
 from pipeline.images import ImageReadError, decode_image
-from pipeline.job.config import STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE, STATUS_OK
+from pipeline.records import STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE, STATUS_OK, FaceRecord, PhotoRecord
 from pipeline.stage import FaceChoice, PhotoInput
 from pipeline.writers import CropWriter
 
@@ -250,24 +250,18 @@ def write_crops(batch: dict[str, np.ndarray], *, writer: CropWriter,
         except OSError as e:
             io_error = json.dumps([e.errno, e.strerror or str(e), _text(str(e.filename or ""))])
             break
-        record = {
-            "src": os.fsdecode(batch["src"][i]), "status": str(batch["status"][i]), "error": str(batch["error"][i]),
-            "outputs": outputs, "faces": json.loads(batch["faces"][i]),
-            "selected": json.loads(batch["selected"][i]),
-            "height": int(batch["height"][i]), "width": int(batch["width"][i]),
-        }
-        if "landmarks" in batch and batch["landmarks"][i]:  # "given" | "detected": reached alignment
-            record["landmarks"] = str(batch["landmarks"][i])
-        if "filtered" in batch and batch["filtered"][i]:  # why every face failed the quality filter
-            record["filtered"] = str(batch["filtered"][i])
-        if "identity" in batch:  # identity, identity_distance, identity_outlier, embedding_row
-            record.update(json.loads(batch["identity"][i]))
-        line = json.dumps(record, ensure_ascii=False)
-        try:
-            line.encode("utf-8")
-        except UnicodeEncodeError:  # a file name that is not UTF-8: keep it as JSON escapes
-            line = json.dumps(record)
-        records.append(line)
+        record = PhotoRecord(
+            src=os.fsdecode(batch["src"][i]), status=str(batch["status"][i]), error=str(batch["error"][i]),
+            outputs=tuple(outputs), faces=tuple(FaceRecord.from_json(f) for f in json.loads(batch["faces"][i])),
+            selected=tuple(json.loads(batch["selected"][i])),
+            height=int(batch["height"][i]), width=int(batch["width"][i]),
+            # "given" | "detected": reached alignment; why every face failed the quality filter
+            landmarks=str(batch["landmarks"][i]) if "landmarks" in batch else "",
+            filtered=str(batch["filtered"][i]) if "filtered" in batch else "",
+            # identity, identity_distance, identity_outlier, embedding_row (pipeline.job.identity)
+            **(json.loads(batch["identity"][i]) if "identity" in batch else {}),
+        )
+        records.append(record.to_json())
         statuses.append(str(batch["status"][i]))
         counts.append(len(outputs) + len(pending))
         payloads.append(pending)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.job.config import (
-    EXIT_FILES_FAILED, EXIT_OK, MANIFEST_NAME, STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE, STATUS_OK, STATUSES,
-    AlignJobConfig,
+from pipeline.job.config import EXIT_FILES_FAILED, EXIT_OK, AlignJobConfig
+from pipeline.records import (
+    EMBEDDINGS_NAME, MANIFEST_NAME, STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE, STATUS_OK, STATUSES,
 )
 
 __all__ = ["JobSummary", "RunStats", "make_summary"]
@@ -124,7 +124,7 @@ class JobSummary:
         if self.identity:
             i = self.identity
             lines.append(f"identity: {i['outliers']} outlier(s) among {i['photos']} photo(s) of {i['identities']} "
-                         f"identity(ies); {i['embeddings']} face embedding(s) in {Path(self.dst) / 'embeddings.npy'}")
+                         f"identity(ies); {i['embeddings']} face embedding(s) in {Path(self.dst) / EMBEDDINGS_NAME}")
         if c.get(STATUS_ERROR, 0):
             lines.append(f"some inputs failed: see records with \"status\": \"error\" in "
                          f"{Path(self.dst) / MANIFEST_NAME}")
