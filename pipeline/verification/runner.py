@@ -4,7 +4,8 @@
 (:mod:`.crops`), and embeds the crops (and their mirrors, for the flip test) with the recogniser,
 in-process or on ``num_workers`` Ray actors that each build their own detector and recogniser.
 :func:`score` aggregates templates as insightface's IJB-C script (:mod:`.aggregate`) and computes the
-metrics (:mod:`.metrics`); :func:`write_report` writes ``report.json`` and ``roc.png``.
+metrics (:mod:`.metrics`). The workers run through :mod:`.executor`; the table, the ROC plot and
+``report.json`` are :mod:`.reporting`'s (:func:`format_table`, :func:`write_report`, re-exported here).
 
 Photos that are missing or unreadable, and photos without a face for a source, are counted, never
 silently dropped; a template left without any usable photo and the pairs that use it are excluded
@@ -14,24 +15,29 @@ sources could score - so the numbers compare like with like.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.images import ImageReadError, read_image
-from common.fsio import atomic_path, atomic_write_text
 from pipeline.verification.aggregate import AggregationConfig, image_features, pair_scores, template_features
 from pipeline.verification.crops import BOX, DETECTOR, PROVIDED, CropMaker, CropStatus, DetectorSettings, parse_sources
 from pipeline.verification.metrics import DEFAULT_FARS, KFoldAccuracy, VerificationMetrics, far_key, kfold_accuracy
 from pipeline.verification.protocols import VerificationProtocol
+from pipeline.verification.executor import run_workers, torch_threads
 from pipeline.verification.recognizer import RecognizerConfig
+from pipeline.verification.reporting import format_table, plot_roc, write_report
+
+__all__ = [  # format_table, plot_roc, write_report, run_workers and torch_threads: re-exported
+    "ChunkResult", "EvaluationConfig", "EvaluationResult", "Extraction", "ExtractionWorker", "PhotoTask", "SourceResult",
+    "VerificationDataError", "evaluate", "extract", "format_table", "photo_tasks", "plot_roc", "run_workers", "score",
+    "torch_threads", "write_report",
+]
 
 
 class VerificationDataError(RuntimeError):
@@ -212,77 +218,6 @@ def photo_tasks(protocol: VerificationProtocol) -> list[PhotoTask]:
         )
         for i in range(len(protocol.images))
     ]
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int):
-    """Run with ``threads`` torch intra-op threads (0: unchanged); restores the previous count."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-class _RayWorker:
-    """A Ray actor around a worker class (``process(tasks)``): the actor process is its own, so
-    torch's thread count is set for good."""
-
-    def __init__(self, worker_cls: type, *, threads: int, **kwargs):
-        import torch
-
-        torch.set_num_threads(threads)
-        self.worker = worker_cls(threads=threads, **kwargs)
-
-    def process(self, tasks: Sequence[PhotoTask]) -> Any:
-        return self.worker.process(tasks)
-
-
-def run_workers(worker_cls: type, worker_kwargs: dict, chunks: list[list[PhotoTask]], *, bar: tqdm,
-                num_workers: int, threads: int | None, address: str | None, stats: dict[str, Any]) -> Iterable[Any]:
-    """``worker_cls(threads=..., **worker_kwargs).process(chunk)`` for every chunk, in this process
-    (``num_workers == 1``) or on Ray actors (see :attr:`EvaluationConfig.num_workers`), unordered."""
-    if num_workers == 1:
-        return _run_local(worker_cls, worker_kwargs, chunks, bar, threads or 0)
-    return _run_ray(worker_cls, worker_kwargs, chunks, bar, num_workers, threads or 1, address, stats)
-
-
-def _run_local(worker_cls: type, worker_kwargs: dict, chunks: list[list[PhotoTask]], bar: tqdm,
-               threads: int) -> Iterable[Any]:
-    with torch_threads(threads):
-        worker = worker_cls(**worker_kwargs, threads=threads)
-        for chunk in chunks:
-            result = worker.process(chunk)
-            bar.update(len(chunk))
-            yield result
-
-
-def _run_ray(worker_cls: type, worker_kwargs: dict, chunks: list[list[PhotoTask]], bar: tqdm, num_workers: int,
-             threads: int, address: str | None, stats: dict[str, Any]) -> Iterable[Any]:
-    import ray
-    from ray.util import ActorPool
-
-    from common.ray_init import ray_session
-
-    with ray_session(address, num_cpus=num_workers * threads if num_workers else None):
-        if not num_workers:  # every CPU the cluster has
-            num_workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
-        stats["workers"] = num_workers
-        bar.set_postfix_str(f"{num_workers} Ray workers")
-        actor_cls = ray.remote(num_cpus=threads)(_RayWorker)
-        actors = [actor_cls.remote(worker_cls, **worker_kwargs, threads=threads) for _ in range(num_workers)]
-        try:
-            pool = ActorPool(actors)
-            for result in pool.map_unordered(lambda actor, chunk: actor.process.remote(chunk), chunks):
-                bar.update(len(result.indices))
-                yield result
-        finally:
-            for actor in actors:
-                ray.kill(actor)
 
 
 def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, config: EvaluationConfig) -> Extraction:
@@ -516,104 +451,3 @@ def score(protocol: VerificationProtocol, extraction: Extraction, *, config: Eva
 def evaluate(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, config: EvaluationConfig) -> EvaluationResult:
     extraction = extract(protocol, recognizer=recognizer, config=config)
     return score(protocol, extraction, config=config, settings={"recognizer": recognizer.to_json()})
-
-
-# --------------------------------------------------------------------------------------------------- output
-
-
-def _fmt(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
-def format_table(result: EvaluationResult) -> str:
-    """Plain-text table: AUC and TAR@FAR per source, then each source's gain over the baseline."""
-    fars = list(result.config.fars)
-    folds = result.protocol.folds
-    kfold_head = [] if folds is None else [f"{np.unique(folds).size}-fold acc %"]
-    head = ["source", "pairs"] + kfold_head + ["AUC"] + [f"TAR@{far_key(f)}" for f in fars]
-    rows = []
-    for name, res in result.sources.items():
-        m = res.metrics
-        kf = [] if res.kfold is None else [f"{100 * res.kfold.mean:.2f} ± {100 * res.kfold.std:.2f}"]
-        rows.append([name, str(int(res.pair_mask.sum()))] + kf + [_fmt(m.auc)] + [_fmt(m.tar_at_far[f]) for f in fars])
-    base_kfold = result.sources[result.config.baseline_source].kfold
-    for name, gain in result.gains().items():
-        res = result.sources[name]
-        kf = [] if folds is None else [f"{100 * (res.kfold.mean - base_kfold.mean):+.2f}"]
-        rows.append([f"{name} - {gain['vs']}", ""] + kf + [_fmt(gain["auc"], True)]
-                    + [_fmt(gain["tar_at_far"][far_key(f)], True) for f in fars])
-    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    first = next(iter(result.sources.values())).metrics
-    lines.append(f"n/a: FAR below 1/negatives ({first.negatives} negative pairs) cannot be measured")
-    return "\n".join(lines)
-
-
-def _thin_roc(fpr: np.ndarray, tpr: np.ndarray, floor: float, points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
-    """At most ~``points`` ROC points, evenly spaced in log FAR (IJB-C has millions); keeps the step shape."""
-    if fpr.size <= 2 * points:
-        return fpr, tpr
-    grid = np.logspace(np.log10(floor), 0.0, points)
-    # last ROC point at or below each grid FAR (the highest TAR reachable there), plus the origin
-    idx = np.unique(np.r_[0, np.searchsorted(fpr, grid, side="right") - 1, fpr.size - 1])
-    return fpr[idx], tpr[idx]
-
-
-def plot_roc(result: EvaluationResult, path: Path) -> Path:
-    """ROC curves (log FAR axis), one per source, saved as PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    lowest = 1.0
-    for name, res in result.sources.items():
-        roc = res.metrics.roc
-        floor = 1.0 / roc.negatives
-        lowest = min(lowest, floor)
-        fpr, tpr = _thin_roc(roc.fpr, roc.tpr, floor)
-        fpr = np.maximum(fpr, floor / 2)  # FAR 0 drawn at half the smallest measurable FAR
-        ax.step(fpr, tpr, where="post", lw=1.4, label=f"{name} (AUC = {100 * roc.auc:.2f}%)")
-    ax.set_xscale("log")
-    ax.set_xlim(lowest / 2, 1.0)
-    ax.set_ylim(0.0, 1.01)
-    ax.grid(linestyle="--", linewidth=0.6)
-    ax.set_xlabel("False accept rate")
-    ax.set_ylabel("True accept rate")
-    ax.set_title(f"ROC - {result.protocol.name} ({len(result.protocol.labels)} pairs)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_report(result: EvaluationResult, out_dir: Path | str) -> dict[str, Path]:
-    """``report.json``, ``roc.png`` and per-source ``scores_<source>.npz`` (the scored pairs: ``scores``
-    float32, ``labels`` bool, ``pair_index`` into the protocol's pairs) under ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report_path = out / "report.json"
-    atomic_write_text(report_path, json.dumps(result.to_json(), indent=2, default=_json_default, allow_nan=False))
-    paths = {"report": report_path, "roc": plot_roc(result, out / "roc.png")}
-    for name, res in result.sources.items():
-        p = out / f"scores_{name}.npz"
-        with atomic_path(p) as tmp, open(tmp, "wb") as f:
-            np.savez(f, scores=res.scores.astype(np.float32), labels=res.labels,
-                     pair_index=np.flatnonzero(res.pair_mask))
-        paths[f"scores_{name}"] = p
-    return paths
