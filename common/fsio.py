@@ -5,6 +5,7 @@ results) goes through here: the data is written under a temporary name in the de
 folder and ``os.replace``-d onto its final name. A killed writer leaves at most a temporary file
 (its name holds :data:`TEMP_MARKER`), which :func:`remove_temporaries` deletes on the next run.
 ``durable=True`` also ``fsync``-s data and folder, so the file survives a power loss.
+:func:`sha256_file` is the project's one file hash.
 """
 
 from __future__ import annotations
