@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,13 +69,18 @@ class RecordError(ValueError):
     """A manifest line or face that is not a record; the message names the field."""
 
 
+# Exact type checks (what ``json.loads`` gives): a manifest holds millions of numbers, and abstract
+# base class checks would cost more than the parsing itself.
+_NUMBER_TYPES = (int, float)  # not bool: type(True) is bool
+_LIST_TYPES = (list, tuple)
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) in _NUMBER_TYPES
 
 
 def _numbers(value: Any, n: int, what: str) -> tuple[float, ...]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != n \
-            or not all(_is_number(v) for v in value):
+    if type(value) not in _LIST_TYPES or len(value) != n or any(type(v) not in _NUMBER_TYPES for v in value):
         raise RecordError(f"{what} must be {n} numbers, got {value!r}")
     return tuple(value)  # the parsed numbers as they are: ints stay ints (the JSON round trip is exact)
 
@@ -106,20 +111,25 @@ class FaceRecord:
 
     @classmethod
     def from_json(cls, face: Any) -> FaceRecord:
-        if not isinstance(face, Mapping):
+        if type(face) is not dict and not isinstance(face, Mapping):
             raise RecordError(f"a face must be a JSON object, got {face!r}")
         box = face.get("box")
         score = face.get("score")
         if score is not None and not _is_number(score):
             raise RecordError(f"a face's score must be a number or null, got {score!r}")
         points = face.get("landmarks") or ()
-        if not isinstance(points, Sequence) or isinstance(points, str):
+        if type(points) not in _LIST_TYPES:
             raise RecordError(f"a face's landmarks must be a list of [x, y], got {points!r}")
         quality = face.get("quality")
-        if quality is not None and not isinstance(quality, Mapping):
+        if quality is not None and type(quality) is not dict and not isinstance(quality, Mapping):
             raise RecordError(f"a face's quality must be a JSON object, got {quality!r}")
+        if any(type(p) not in _LIST_TYPES or len(p) != 2 or type(p[0]) not in _NUMBER_TYPES
+               or type(p[1]) not in _NUMBER_TYPES for p in points):
+            bad = next(p for p in points if type(p) not in _LIST_TYPES or len(p) != 2
+                       or type(p[0]) not in _NUMBER_TYPES or type(p[1]) not in _NUMBER_TYPES)
+            raise RecordError(f"a landmark must be 2 numbers, got {bad!r}")
         return cls(box=None if box is None else _numbers(box, 4, "a face's box"), score=score,
-                   landmarks=tuple(_numbers(p, 2, "a landmark") for p in points),
+                   landmarks=tuple([tuple(p) for p in points]),
                    quality=None if quality is None else dict(quality))
 
     @property
@@ -170,13 +180,13 @@ class PhotoRecord:
     embedding_row: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.src, str) or not self.src:
+        if type(self.src) is not str or not self.src:
             raise RecordError(f"a record's src must be a non-empty string, got {self.src!r}")
         if not isinstance(self.status, str):
             raise RecordError(f"{self.src}: status must be a string, got {self.status!r}")
-        object.__setattr__(self, "outputs", tuple(self.outputs))
-        object.__setattr__(self, "faces", tuple(self.faces))
-        object.__setattr__(self, "selected", tuple(self.selected))
+        for name in ("outputs", "faces", "selected"):  # any sequence in, a tuple kept
+            if type(getattr(self, name)) is not tuple:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def done(self) -> bool:
@@ -221,33 +231,36 @@ class PhotoRecord:
 
         Raises:
             RecordError: not an object with a string ``src``, or a field of the wrong type."""
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):
             raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
         src = record.get("src")
         try:
             faces = record.get("faces") or ()
             outputs = record.get("outputs") or ()
             selected = record.get("selected") or ()
-            if isinstance(faces, (str, Mapping)) or isinstance(outputs, (str, Mapping)) \
-                    or isinstance(selected, (str, Mapping)):
+            if type(faces) not in _LIST_TYPES or type(outputs) not in _LIST_TYPES \
+                    or type(selected) not in _LIST_TYPES:
                 raise RecordError("faces, outputs and selected must be lists")
-            if not all(isinstance(o, str) for o in outputs):
+            if any(type(o) is not str for o in outputs):
                 raise RecordError(f"outputs must be strings, got {outputs!r}")
-            if not all(isinstance(i, int) and not isinstance(i, bool) for i in selected):
+            if any(type(i) is not int for i in selected):
                 raise RecordError(f"selected must be integers, got {selected!r}")
-            distance, outlier = record.get("identity_distance"), record.get("identity_outlier")
-            if distance is not None and not _is_number(distance):
-                raise RecordError(f"identity_distance must be a number or null, got {distance!r}")
-            has_identity = any(key in record for key in _IDENTITY_KEYS)
+            has_identity = "identity_outlier" in record or "identity" in record or "identity_distance" in record \
+                or "embedding_row" in record
+            if has_identity:
+                identity, distance = record.get("identity"), record.get("identity_distance")
+                if distance is not None and type(distance) not in _NUMBER_TYPES:
+                    raise RecordError(f"identity_distance must be a number or null, got {distance!r}")
+                extra = {"identity": identity if type(identity) is str else None, "identity_distance": distance,
+                         "identity_outlier": record.get("identity_outlier") is True,
+                         "embedding_row": _int(record, "embedding_row", None)}
+            else:
+                extra = {}
             return cls(
                 src=src, status=record.get("status", STATUS_ERROR), error=_string(record, "error"),
-                outputs=tuple(outputs), faces=tuple(FaceRecord.from_json(f) for f in faces), selected=tuple(selected),
+                outputs=tuple(outputs), faces=tuple([FaceRecord.from_json(f) for f in faces]), selected=tuple(selected),
                 height=_int(record, "height"), width=_int(record, "width"), landmarks=_string(record, "landmarks"),
-                filtered=_string(record, "filtered"),
-                identity=record.get("identity") if isinstance(record.get("identity"), str) else None,
-                identity_distance=distance,
-                identity_outlier=(outlier is True) if has_identity else None,
-                embedding_row=_int(record, "embedding_row", None),
+                filtered=_string(record, "filtered"), **extra,
             )
         except TypeError as e:  # a list where a scalar belongs, ...
             raise RecordError(f"{src}: {e}") from e
