@@ -21,6 +21,7 @@ from pipeline.manifest import ManifestWriter, iter_manifest, iter_records, outpu
 from pipeline.records import (
     DONE_STATUSES, STATUS_ERROR, STATUSES, FaceRecord, PhotoRecord, RecordError,
 )
+from pipeline.stage import FaceChoice
 from pipeline.writers import FolderCropWriter, OutputLayout
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "manifest_lines.jsonl"
@@ -62,10 +63,6 @@ def test_every_line_the_job_wrote_round_trips_exactly():
 def _batch(identity: bool) -> dict[str, np.ndarray]:
     """The predictor rows that gave the golden lines (``FaceCropPredictor``'s columns)."""
 
-    class Dets:
-        def __init__(self, boxes, scores, landmarks):
-            self.boxes, self.scores, self.landmarks = boxes, scores, landmarks
-
     boxes = np.array([[10.126, 20.5, 90.0, 120.333], [5, 6, 30, 40]], np.float32)
     scores = np.array([0.99871234, 0.61], np.float32)
     lms = np.arange(20, dtype=np.float32).reshape(2, 5, 2) * 3.337
@@ -73,8 +70,10 @@ def _batch(identity: bool) -> dict[str, np.ndarray]:
                 "sharpness": 123.4, "brightness": 101.0},
                {"box_size": 20.0, "eye_distance": 8.0, "yaw": 60.0, "pitch": -1.0, "roll": 0.0, "sharpness": 5.0,
                 "brightness": 50.0}]
-    faces = json.dumps(stages._faces_json(Dets(boxes, scores, lms), quality))
-    given = json.dumps(stages._faces_json(Dets(boxes[:1], None, lms[:1].astype(np.float64)), quality[:1]))
+    faces = json.dumps(stages._faces_json(FaceChoice(shape=(480, 640), boxes=boxes, scores=scores, landmarks=lms,
+                                                     quality=quality)))
+    given = json.dumps(stages._faces_json(FaceChoice(shape=(300, 200), boxes=boxes[:1], scores=None,
+                                                     landmarks=lms[:1].astype(np.float64), quality=quality[:1])))
     src = [b"a/1.jpg", b"b/\xff\xfe.jpg", "café/中.png".encode(), b"top.jpg", b"e/err.jpg", b"f/g.jpg"]
     counts = (1, 2, 1, 0, 0, 0)
     batch = {
