@@ -217,7 +217,8 @@ class OnnxRetinaFace(DenseDetector):
         scores = sigmoid(margin[candidates])
         passed = scores > c
         candidates, scores = candidates[passed], scores[passed]
-        order = top_candidates(scores, np.ones(len(scores), bool), int(config.top_k))
+        # ranked on the margin, as torch's topk: the sigmoid saturates (many faces score 1.0 in float32)
+        order = top_candidates(margin[candidates], np.ones(len(scores), bool), int(config.top_k))
         return candidates[order], scores[order]
 
     def decode(self, raw: list[np.ndarray], index: int, anchors: np.ndarray,
