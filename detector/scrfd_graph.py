@@ -197,7 +197,7 @@ def shape_generic_file(path: Path, open_file: Callable[[Path], OnnxSession],
     ``open_file(p)`` opens a file on the runtime that will run it; ``original()`` opens ``path``
     itself (only called to check a fresh rewrite)."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(cache_dir()))
     with _MEMO_LOCK:
         if key in _MEMO:
             return _MEMO[key]
