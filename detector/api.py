@@ -65,8 +65,9 @@ class Detections:
         landmarks: ``[N, 5, 2]`` left eye, right eye, nose, left mouth corner, right mouth corner
             (image left first).
 
-    Fields are torch tensors on the model's device as returned by the detectors;
-    :meth:`numpy` gives the same structure with float32 numpy arrays.
+    The eager torch detector returns torch tensors on the model's device; the ONNX runtimes
+    (onnxruntime, OpenVINO: RetinaFace and SCRFD) return float32 numpy arrays. :meth:`numpy` gives
+    float32 numpy arrays either way: callers that need arrays call it.
     """
 
     boxes: Any

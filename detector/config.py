@@ -17,9 +17,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from .backbones import available_backbones
+from .registry import LazyDict
 
 __all__ = [
     "AnchorConfig",
+    "BIUBUG6_ANCHORS",
     "ModelConfig",
     "PRESETS",
     "ResizePolicy",
@@ -150,52 +152,18 @@ class ModelConfig:
         )
 
 
-_BIUBUG6_ANCHORS = AnchorConfig(min_sizes=((16.0, 32.0), (64.0, 128.0), (256.0, 512.0)), steps=(8, 16, 32))
+BIUBUG6_ANCHORS = AnchorConfig(min_sizes=((16.0, 32.0), (64.0, 128.0), (256.0, 512.0)), steps=(8, 16, 32))
+"""biubug6's anchors: two sizes per level at strides 8, 16, 32 (the MobileNet-0.25 and ResNet-50 presets)."""
 
 
-def _paper_anchors() -> AnchorConfig:
-    # RetinaFace paper, Sec. 4.2: P2..P6 (strides 4..64), three scales 2^(0, 1/3, 2/3) per level
-    # starting at 16, 32, 64, 128, 256 px.
-    base = (16.0, 32.0, 64.0, 128.0, 256.0)
-    return AnchorConfig(
-        min_sizes=tuple(tuple(b * 2.0 ** (i / 3.0) for i in range(3)) for b in base),
-        steps=(4, 8, 16, 32, 64),
-    )
+def _registered_presets() -> dict[str, "ModelConfig"]:
+    from .backbones import registered_presets
+
+    return registered_presets()
 
 
-PRESETS: dict[str, ModelConfig] = {
-    # biubug6/Pytorch_Retinaface cfg_mnet
-    "mobilenet0.25": ModelConfig(
-        name="mobilenet0.25",
-        backbone="mobilenet0.25",
-        return_layers=("stage1", "stage2", "stage3"),
-        in_channels=(64, 128, 256),
-        out_channels=64,
-        anchors=_BIUBUG6_ANCHORS,
-        train_image_size=640,
-    ),
-    # biubug6/Pytorch_Retinaface cfg_re50
-    "resnet50": ModelConfig(
-        name="resnet50",
-        backbone="resnet50",
-        return_layers=("layer2", "layer3", "layer4"),
-        in_channels=(512, 1024, 2048),
-        out_channels=256,
-        anchors=_BIUBUG6_ANCHORS,
-        train_image_size=840,
-    ),
-    # The paper's configuration: ResNet-50 C2..C5 plus P6, five levels, 3 anchors per location.
-    "paper": ModelConfig(
-        name="paper",
-        backbone="resnet50",
-        return_layers=("layer1", "layer2", "layer3", "layer4"),
-        in_channels=(256, 512, 1024, 2048),
-        out_channels=256,
-        extra_levels=1,
-        anchors=_paper_anchors(),
-        train_image_size=640,
-    ),
-}
+PRESETS: dict[str, ModelConfig] = LazyDict(_registered_presets)
+"""Every model preset by name (registered by the backbone modules, :mod:`detector.backbones`)."""
 
 
 def available_presets() -> list[str]:

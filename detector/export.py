@@ -6,10 +6,11 @@
   :class:`detector.inference.RetinaFaceInput` does (channel order and mean / std of the preset);
 * outputs ``cls_logits [B, A, 2]``, ``bbox_deltas [B, A, 4]``, ``landmark_deltas [B, A, 10]``: the
   raw heads (:class:`detector.model.RetinaFaceOutput`), decoded by
-  :class:`detector.inference.RetinaFacePostprocess`;
+  :class:`detector.onnx_runtime.OnnxRetinaFace` (numpy, :mod:`detector.postprocess`);
 * ``metadata_props``: ``faceprep.family = retinaface`` and ``faceprep.model_config`` (the JSON of
   :meth:`ModelConfig.to_dict`: anchors, variances, mean, std, channel order), so the file alone is
-  enough to run it (:func:`detector.onnx_models.inspect_onnx` reads them back).
+  enough to run it (the runtimes read them back through their own API; :func:`detector.onnx_models.inspect_onnx`
+  reads them without any runtime).
 
 :func:`onnx_for_weights` exports a checkpoint once into the cache and reuses it: how
 ``--runtime onnxruntime|openvino`` runs a ``.pth``.
@@ -145,7 +146,10 @@ def export_onnx(weights: str | os.PathLike | None, out: str | os.PathLike, *, pr
 
 def onnx_for_weights(weights_path: str | os.PathLike, *, preset: str | None = None) -> Path:
     """The ONNX export of a checkpoint, made once into ``cache_dir()/onnx/<stem>-<sha16>.onnx``
-    (``-<preset>`` added when one is forced) and reused while it reads back as ours."""
+    (``-<preset>`` added when one is forced) and reused while it reads back as ours.
+
+    Finding it is torch-free (the checkpoint's SHA-256 and the file's header); only a missing or
+    stale export imports torch (and ``onnx``) to make it."""
     path = Path(weights_path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")

@@ -1,43 +1,61 @@
-"""The builders behind :data:`detector.spec.FAMILIES`: a resolved :class:`DetectorSpec` -> a detector.
+"""The registry of detector families: a family module registers itself (:func:`register_family`).
 
-Each builder imports only what its runtime needs, so a process that runs OpenVINO never builds a
-torch model.
+A :class:`Family` names the runtimes it runs on, its default weights and its ``build`` (a resolved
+:class:`~detector.spec.DetectorSpec` -> a :class:`~detector.api.FaceDetector`). :data:`FAMILIES`
+imports the built-in family modules on its first look-up (RetinaFace: :mod:`detector.onnx_runtime`,
+whose ``build`` imports the eager torch detector only for ``runtime="torch"``; SCRFD:
+:mod:`detector.scrfd`); these modules import neither torch nor ``onnx``, so a process that runs
+OpenVINO stays free of both. Adding a family: a module that calls :func:`register_family` when
+imported, named in ``_BUILTIN_MODULES`` (or imported by the user before building specs).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-from .api import FaceDetector
+from .registry import LazyDict
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .api import FaceDetector
     from .spec import DetectorSpec
 
-__all__ = ["build_retinaface", "build_scrfd"]
+__all__ = ["FAMILIES", "Family", "register_family"]
+
+# the modules that register the built-in families when imported
+_BUILTIN_MODULES: tuple[str, ...] = ("detector.onnx_runtime", "detector.scrfd")
 
 
-def build_retinaface(spec: "DetectorSpec") -> FaceDetector:
-    """RetinaFace on ``spec.runtime``: eager torch (reference-exact), or the exported ONNX graph on
-    onnxruntime / OpenVINO (a ``.pth`` is exported once into the cache, see
-    :func:`detector.export.onnx_for_weights`)."""
-    if spec.threads:  # the torch postprocess runs in every runtime: its threads follow the spec too
-        import torch
+@dataclass(frozen=True, kw_only=True)
+class Family:
+    """A detector family: its name, the runtimes it runs on (the first is not a preference: see
+    :meth:`detector.spec.DetectorSpec.resolved`), its default weights (a registry name or ``None``)
+    and ``build(spec)``, called with a resolved spec of this family."""
 
-        torch.set_num_threads(int(spec.threads))
-    if spec.runtime == "torch":
-        from .inference import Detector
-
-        return Detector.from_weights(spec.weights, preset=spec.preset, device=spec.device,
-                                     fp16=spec.precision == "fp16", resize=spec.resize,
-                                     postprocess=spec.postprocess)
-    from .onnx_runtime import OnnxRetinaFace
-
-    return OnnxRetinaFace.from_spec(spec)
+    name: str
+    runtimes: tuple[str, ...]
+    build: Callable[["DetectorSpec"], "FaceDetector"]
+    default_weights: str | None = None
 
 
-def build_scrfd(spec: "DetectorSpec") -> FaceDetector:
-    """insightface SCRFD (``*_kps.onnx`` / ``det_10g.onnx``) on onnxruntime or OpenVINO, decoded by
-    the project (:mod:`detector.scrfd`)."""
-    from .scrfd import SCRFDDetector
+_REGISTRY: dict[str, Family] = {}
 
-    return SCRFDDetector.from_spec(spec)
+
+def register_family(family: Family) -> Family:
+    """Add ``family``; raises ``ValueError`` if its name is taken."""
+    if family.name in _REGISTRY:
+        raise ValueError(f"detector family {family.name!r} is already registered")
+    _REGISTRY[family.name] = family
+    dict.__setitem__(FAMILIES, family.name, family)  # visible even if FAMILIES was read before
+    return family
+
+
+def _load() -> dict[str, Family]:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    return dict(_REGISTRY)
+
+
+FAMILIES: dict[str, Family] = LazyDict(_load)
+"""Every registered family by name (imports the built-in family modules on first use)."""

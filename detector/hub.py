@@ -17,6 +17,8 @@ from pathlib import Path
 
 from common.fsio import atomic_path
 
+from .registry import LazyDict
+
 __all__ = [
     "CACHE_ENV",
     "CheckpointError",
@@ -46,25 +48,14 @@ class KnownWeights:
     sha256: str | None  # None: no published hash; the download is not verified
 
 
-KNOWN_WEIGHTS: dict[str, KnownWeights] = {
-    w.name: w
-    for w in (
-        KnownWeights(
-            name="mobilenet0.25",
-            preset="mobilenet0.25",
-            filename="retinaface_mobilenet0.25_biubug6.pth",
-            url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",
-            sha256="2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
-        ),
-        KnownWeights(
-            name="resnet50",
-            preset="resnet50",
-            filename="retinaface_resnet50_biubug6.pth",
-            url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
-            sha256=None,
-        ),
-    )
-}
+def _registered_weights() -> dict[str, KnownWeights]:
+    from .backbones import registered_weights
+
+    return registered_weights()
+
+
+KNOWN_WEIGHTS: dict[str, KnownWeights] = LazyDict(_registered_weights)
+"""Public checkpoints by name, registered by the backbone modules (:mod:`detector.backbones`)."""
 
 
 def cache_dir() -> Path:

@@ -155,8 +155,9 @@ class RetinaFacePostprocess:
 
     torchvision ``retinanet.py`` style: rank on the face-vs-background logit margin, threshold,
     top-k, decode only the survivors, batched greedy NMS in original-image pixels, keep-top-k.
-    The same code serves every runtime (eager torch, onnxruntime, OpenVINO): they differ only in
-    how the :class:`~detector.model.RetinaFaceOutput` is computed.
+    The eager torch runtime's postprocess (on the model's device, batched over the padded batch);
+    the ONNX runtimes run the same steps in numpy (:mod:`detector.postprocess`, with the same
+    :class:`~detector.box_coder.BoxCoder` and anchors; tested equal).
     """
 
     def __init__(self, config: ModelConfig, postprocess: PostprocessConfig = PostprocessConfig(), *,

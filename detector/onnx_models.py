@@ -1,9 +1,11 @@
-"""What an ONNX or checkpoint file is, read without torch (numpy + onnx only).
+"""What an ONNX or checkpoint file is, read without torch and without the ``onnx`` package.
 
 * :func:`inspect_onnx` - an ``.onnx`` file -> :class:`OnnxModelInfo`: our exported RetinaFace
   (recognised by its ``faceprep.*`` metadata, which carries the :class:`~detector.config.ModelConfig`)
-  or an insightface SCRFD with keypoints (recognised by its nine score / box / keypoint outputs,
-  whatever their names); anything else is refused with :class:`~detector.hub.CheckpointError`.
+  or an insightface SCRFD with keypoints (recognised by its score / box / keypoint outputs, whatever
+  their names: :func:`detector.scrfd_layout.scrfd_outputs`); anything else is refused with
+  :class:`~detector.hub.CheckpointError`. The file's interface is read by
+  :func:`detector.onnx_header.read_header` (weights skipped).
 * :func:`check_weights_file` - the cheap check :meth:`detector.spec.DetectorSpec.check` makes in a
   job driver before workers start: an ``.onnx`` file of the right family, or a file that really is
   a torch checkpoint (zip or legacy format, recognised by its header, not loaded).
@@ -20,6 +22,8 @@ from typing import Any
 
 from .config import ModelConfig
 from .hub import CheckpointError
+from .onnx_header import OnnxHeader, ProtobufError, read_header
+from .scrfd_layout import scrfd_outputs
 
 __all__ = [
     "META_FAMILY",
@@ -75,48 +79,18 @@ class OnnxModelInfo:
         return len(self.input_shape) == 4 and not all(isinstance(d, int) for d in self.input_shape[2:])
 
 
-def _dims(value_info: Any) -> tuple[Any, ...]:
-    dims = []
-    for d in value_info.type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(d.dim_param or None)
-    return tuple(dims)
-
-
-def _load(path: Path) -> Any:
-    import onnx
-    from google.protobuf.message import DecodeError
-
+def _load(path: Path) -> OnnxHeader:
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
+    data = path.read_bytes()
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(f"{path}: not an ONNX file ({path.stat().st_size} bytes; "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    # protobuf parses some junk into an empty message: a real model has a version and a graph
-    if not model.ir_version or not model.HasField("graph") or not model.graph.output:
-        raise CheckpointError(f"{path}: not an ONNX file ({path.stat().st_size} bytes; no model graph in it)")
-    return model
-
-
-def _scrfd_layout(shapes: list[tuple[Any, ...]]) -> str | None:
-    """``"kps"`` for the 9 outputs of SCRFD with keypoints, ``"no_kps"`` for the 6 without, else None.
-
-    insightface's own ``SCRFD`` class goes by the output count (names differ between exports:
-    ``score_8 ...`` in scrfd_500m_bnkps.onnx, numbers in buffalo_l's det_10g.onnx); the last
-    dimension (1 score, 4 box distances, 10 keypoint coordinates per anchor) confirms it when declared.
-    """
-    last = [s[-1] if s else None for s in shapes]
-    known = [d for d in last if isinstance(d, int)]
-    for layout, count, allowed in (("kps", 9, {1: 3, 4: 3, 10: 3}), ("no_kps", 6, {1: 3, 4: 3})):
-        if len(shapes) != count:
-            continue
-        if all(d in allowed for d in known) and all(known.count(d) <= n for d, n in allowed.items()):
-            return layout
-    return None
+        header = read_header(data)
+    except ProtobufError as exc:
+        raise CheckpointError(f"{path}: not an ONNX file ({len(data)} bytes; {exc})") from exc
+    # junk can parse as an empty message: a real model has a version and a graph with outputs
+    if not header.ir_version or not header.has_graph or not header.outputs:
+        raise CheckpointError(f"{path}: not an ONNX file ({len(data)} bytes; no model graph in it)")
+    return header
 
 
 def inspect_onnx(path: str | os.PathLike) -> OnnxModelInfo:
@@ -127,18 +101,15 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxModelInfo:
             or is an SCRFD without keypoints (alignment needs the five landmarks).
     """
     path = Path(path)
-    model = _load(path)
-    graph = model.graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
-    outputs = list(graph.output)
-    names = tuple(o.name for o in outputs)
-    shapes = [_dims(o) for o in outputs]
-    metadata = {p.key: p.value for p in model.metadata_props}
+    header = _load(path)
+    inputs = [i for i in header.inputs if i[0] not in header.initializers]
+    names = tuple(name for name, _ in header.outputs)
+    shapes = [shape for _, shape in header.outputs]
+    metadata = dict(header.metadata)
     if len(inputs) != 1:
         raise CheckpointError(f"{path}: not a face detector: expected one image input, found "
-                              f"{[i.name for i in inputs]} (outputs {list(names)})")
-    input_name, input_shape = inputs[0].name, _dims(inputs[0])
+                              f"{[i[0] for i in inputs]} (outputs {list(names)})")
+    input_name, input_shape = inputs[0]
 
     def info(family: str, config: ModelConfig | None) -> OnnxModelInfo:
         return OnnxModelInfo(path, family, config, input_name, input_shape, names, tuple(shapes), metadata)
@@ -155,17 +126,17 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxModelInfo:
             raise CheckpointError(f"{path}: RetinaFace ONNX without the outputs {missing} (has {list(names)}); "
                                   "re-export it with `python -m detector export`")
         return info("retinaface", config)
-    layout = _scrfd_layout(shapes)
-    if layout == "kps":
+    layout = scrfd_outputs(shapes)
+    if layout is not None and layout[2]:
         return info("scrfd", None)
-    if layout == "no_kps":
+    if layout is not None:
         raise CheckpointError(f"{path}: an SCRFD face detector without keypoints (6 outputs {list(names)}); "
                               "alignment needs the five landmarks: use a *_kps / *_bnkps model such as "
                               "scrfd_500m_bnkps.onnx or buffalo_l's det_10g.onnx")
     described = [f"{n} {list(s)}" for n, s in zip(names, shapes)]
     raise CheckpointError(
         f"{path}: not a face detector: unexpected outputs {described} (expected a RetinaFace from "
-        "`python -m detector export`, with faceprep metadata, or an insightface SCRFD with 9 "
+        "`python -m detector export`, with faceprep metadata, or an insightface SCRFD with 9 or 15 "
         "score / bbox / kps outputs)")
 
 

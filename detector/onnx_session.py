@@ -4,6 +4,15 @@
 model's outputs`` (numpy, in the file's output order), whatever the runtime. The detector families
 (:mod:`detector.onnx_runtime` for RetinaFace, :mod:`detector.scrfd` for SCRFD) only deal with this.
 
+A session also says what the file declares: ``input_shape`` and ``output_shapes`` (ints, or ``None``
+for a free dimension) and ``metadata`` (the ONNX ``metadata_props``), read through the runtime's
+own API (onnxruntime's ``get_modelmeta().custom_metadata_map``, OpenVINO's ``framework`` run-time
+info), so that no process running a model needs the ``onnx`` package.
+
+OpenVINO keeps its compiled models in ``cache_dir()/openvino`` (its ``CACHE_DIR``; ``$FACEPREP_CACHE``,
+default ``~/.cache/faceprep``): the next process that compiles the same model (same file, same
+precision, same preprocessing) loads the compiled blob instead of compiling again.
+
 With ``pixels=PixelInput(...)`` the session takes raw pixels instead: ``run(x)`` with ``x`` a
 float32 ``[B, H, W, 3]`` BGR array, and the session applies the channel order, mean and std and
 the NHWC -> NCHW change itself: OpenVINO inside the compiled graph (its ``PrePostProcessor``,
@@ -24,7 +33,7 @@ import numpy as np
 
 from .hub import CheckpointError
 
-__all__ = ["OnnxSession", "PixelInput", "open_session"]
+__all__ = ["OnnxSession", "PixelInput", "SessionSetup", "open_session", "openvino_cache_dir"]
 
 
 @dataclass(frozen=True)
@@ -49,14 +58,34 @@ class PixelInput:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+Shape = tuple[Any, ...]  # ints, None for a free dimension
+
+
+@dataclass(frozen=True)
+class SessionSetup:
+    """What a family decides from a file's metadata before the session compiles (see
+    :func:`open_session`'s ``setup``): the bf16 ``keep_f32`` patterns and the :class:`PixelInput`."""
+
+    keep_f32: tuple[str, ...] = ()
+    pixels: PixelInput | None = None
+
+
 class OnnxSession(Protocol):
     runtime: str
     input_name: str
     output_names: tuple[str, ...]
+    input_shape: Shape
+    output_shapes: tuple[Shape, ...]
+    metadata: dict[str, str]
 
     def run(self, x: np.ndarray, *, copy: bool = True) -> list[np.ndarray]:
         """Outputs for input ``x``; ``copy=False`` may return views the next ``run`` overwrites."""
         ...
+
+
+def _dims(shape: Any) -> Shape:
+    """onnxruntime's declared shape (ints, names, ``None``) -> ints and ``None``."""
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
 
 
 @dataclass
@@ -66,6 +95,9 @@ class _OrtSession:
     input_name: str
     output_names: tuple[str, ...]
     pixels: PixelInput | None = None
+    input_shape: Shape = ()
+    output_shapes: tuple[Shape, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def run(self, x: np.ndarray, *, copy: bool = True) -> list[np.ndarray]:
         if self.pixels is not None:
@@ -88,6 +120,9 @@ class _OpenVinoSession:
     input_name: str
     output_names: tuple[str, ...]
     pixels: PixelInput | None = None
+    input_shape: Shape = ()
+    output_shapes: tuple[Shape, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
     compile_static: Callable[[tuple[int, ...]], Any] | None = None
     seen: dict[tuple[int, ...], int] = field(default_factory=dict)
     static: dict[tuple[int, ...], Any] = field(default_factory=dict)
@@ -166,10 +201,10 @@ def _mark_keep_f32(xml: str, pattern: "re.Pattern[str]") -> tuple[str, int]:
     return ET.tostring(root, encoding="unicode"), marked
 
 
-def _openvino_model(core: Any, path: Path, keep_f32: tuple[str, ...]) -> tuple[Any, "re.Pattern[str] | None"]:
+def _keep_f32_model(core: Any, model: Any, path: Path,
+                    keep_f32: tuple[str, ...]) -> tuple[Any, "re.Pattern[str] | None"]:
     import openvino as ov
 
-    model = core.read_model(str(path))
     if not keep_f32:
         return model, None
     pattern = re.compile("|".join(f"(?:{p})" for p in keep_f32))
@@ -216,9 +251,29 @@ def _check_kept_f32(compiled: Any, pattern: "re.Pattern[str]", path: Path) -> No
                       f"{lowered[0]}); detections may lose accuracy", stacklevel=3)
 
 
+def _ov_dims(partial_shape: Any) -> Shape:
+    return tuple(d.get_length() if d.is_static else None for d in partial_shape)
+
+
+def _ov_metadata(model: Any) -> dict[str, str]:
+    """The ONNX ``metadata_props`` OpenVINO's ONNX reader keeps as run-time info ``framework``."""
+    if not model.has_rt_info(["framework"]):
+        return {}
+    return {str(k): v.astype(str) for k, v in model.get_rt_info()["framework"].items()}
+
+
+def openvino_cache_dir() -> Path:
+    """Where OpenVINO keeps compiled models (``cache_dir()/openvino``, read when a session opens)."""
+    from .hub import cache_dir
+
+    return cache_dir() / "openvino"
+
+
 def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp32", device: str = "cpu",
                  threads: int | None = None, keep_f32: Sequence[str] = (),
-                 pixels: PixelInput | None = None) -> OnnxSession:
+                 pixels: PixelInput | None = None,
+                 setup: Callable[[dict[str, str]], SessionSetup] | None = None,
+                 compiled_cache: bool = True) -> OnnxSession:
     """Load ``path`` on ``runtime`` (``"onnxruntime"`` or ``"openvino"``).
 
     ``precision``: OpenVINO runs ``bf16`` through its inference-precision hint (the file stays
@@ -227,6 +282,10 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
     ``keep_f32``: with OpenVINO bf16, regular expressions of node names (as the ONNX file names
     them, e.g. ``^/body/``) that keep running in f32 (a warning if OpenVINO does not honour it).
     ``pixels``: the session takes raw ``[B, H, W, 3]`` BGR pixels (see :class:`PixelInput`).
+    ``setup``: called with the file's ``metadata_props`` (read by the runtime) before OpenVINO
+    compiles; its :class:`SessionSetup` replaces ``keep_f32`` and ``pixels`` (a family whose
+    preprocessing is stored in the file: RetinaFace). It may raise :class:`CheckpointError`.
+    ``compiled_cache``: OpenVINO reads and writes compiled models in :func:`openvino_cache_dir`.
     """
     path = Path(path)
     if runtime == "onnxruntime":
@@ -241,8 +300,13 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
             session = ort.InferenceSession(str(path), options, providers=_ort_providers(device, precision))
         except Exception as exc:  # onnxruntime raises its own exception types on a bad file
             raise CheckpointError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
-        return _OrtSession(session, "onnxruntime", session.get_inputs()[0].name,
-                           tuple(o.name for o in session.get_outputs()), pixels)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        if setup is not None:
+            pixels = setup(metadata).pixels
+        return _OrtSession(session, "onnxruntime", inputs[0].name, tuple(o.name for o in outputs), pixels,
+                           _dims(inputs[0].shape), tuple(_dims(o.shape) for o in outputs),
+                           metadata)
     if runtime == "openvino":
         import openvino as ov
 
@@ -253,9 +317,26 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
                                   "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if compiled_cache:
+            folder = openvino_cache_dir()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                core.set_property({"CACHE_DIR": str(folder)})
+            except OSError:  # a read-only cache: compile every time
+                pass
         try:
-            model, kept = _openvino_model(core, path, tuple(keep_f32) if precision == "bf16" else ())
-            names = (model.inputs[0].get_any_name(), tuple(o.get_any_name() for o in model.outputs))
+            model = core.read_model(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: OpenVINO cannot load it: {str(exc).splitlines()[0]}") from exc
+        names = (model.inputs[0].get_any_name(), tuple(o.get_any_name() for o in model.outputs))
+        shapes = (_ov_dims(model.inputs[0].get_partial_shape()),
+                  tuple(_ov_dims(o.get_partial_shape()) for o in model.outputs))
+        metadata = _ov_metadata(model)
+        if setup is not None:
+            chosen = setup(metadata)
+            keep_f32, pixels = chosen.keep_f32, chosen.pixels
+        try:
+            model, kept = _keep_f32_model(core, model, path, tuple(keep_f32) if precision == "bf16" else ())
             if pixels is not None:
                 model = _with_pixel_input(model, pixels)
             compiled = core.compile_model(model, "CPU", config)
@@ -270,5 +351,5 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
             return core.compile_model(fixed, "CPU", config).create_infer_request()
 
         return _OpenVinoSession(compiled.create_infer_request(), "openvino", names[0], names[1], pixels,
-                                compile_static)
+                                shapes[0], shapes[1], metadata, compile_static)
     raise ValueError(f"open_session: runtime must be onnxruntime or openvino, got {runtime!r}")

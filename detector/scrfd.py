@@ -1,8 +1,9 @@
 """insightface's SCRFD face detectors (ONNX files with 5 keypoints) behind :class:`detector.api.FaceDetector`.
 
 The reference is ``insightface.model_zoo.scrfd.SCRFD``; :class:`SCRFDDetector` reproduces its
-``detect`` (same preprocessing, decoding, threshold and NMS) on batches of images, with the decoding
-done here in torch, batched over the images, like :class:`detector.inference.RetinaFacePostprocess`.
+``detect`` (same preprocessing, decoding, threshold and NMS) on batches of images. It is a
+:class:`detector.dense.DenseDetector`: grouping, top-k, NMS and rescale are the base's (numpy, no
+torch); this module supplies the preprocessing, the forward pass and the decoding.
 
 Model files
     Any insightface SCRFD export with keypoints: 9 outputs (strides 8, 16, 32, two anchors per
@@ -14,12 +15,10 @@ Model files
 
     A file whose graph fixes its input size (``scrfd_500m_bnkps.onnx``: ``1x3x640x640``, with the
     FPN upsampling written as fixed output sizes and the output reshapes as ``[1, -1, C]``) is made
-    shape-generic in memory when that is provably safe: fixed-size ``Resize`` nodes become the same
-    integer scale factors, a leading ``1`` of constant reshape targets becomes ``0`` (copy the batch),
-    the input dimensions become symbolic. The rewritten graph is checked against the original at the
-    file's own size (outputs within 1e-4), at another size (output shapes) and at batch 2 (each image
-    equals its single run) before it is used; if any check fails the original file is used as it is,
-    at its own size only.
+    shape-generic when that is provably safe (:mod:`detector.scrfd_graph`: the rewrite, its checks
+    against the original, and its copy in the cache, found by the file's content hash); if any check
+    fails the original file is used as it is, at its own size only. The output layout comes from
+    :mod:`detector.scrfd_layout`.
 
 Preprocessing (insightface's, exactly)
     The uint8 BGR image is resized with ``cv2.resize`` (bilinear, on uint8), placed top-left on a
@@ -68,27 +67,26 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import cv2
 import numpy as np
-import torch
-from torch import Tensor
 
-from .api import Detections, PostprocessConfig, as_bgr_uint8, check_image_list
-from .boxes import chunked_padded_nms
+from .api import PostprocessConfig
 from .config import ResizePolicy
+from .dense import DenseDetector, InputPlan
+from .families import Family, register_family
 from .hub import CheckpointError
 from .onnx_session import OnnxSession, open_session
+from .postprocess import top_candidates
+from .scrfd_graph import batch_ok, probe_inputs, shape_generic_file, shapes_ok
+from .scrfd_layout import SCRFDLayout, scrfd_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from .spec import DetectorSpec
 
-__all__ = ["SCRFDDetector", "SCRFDLayout", "SCRFD_POSTPROCESS", "scrfd_postprocess", "scrfd_layout"]
+__all__ = ["SCRFDDetector", "SCRFDLayout", "SCRFD_POSTPROCESS", "plan_input", "scrfd_postprocess", "scrfd_layout"]
 
 SCRFD_POSTPROCESS = PostprocessConfig(conf_threshold=0.5, nms_threshold=0.4, top_k=5000, keep_top_k=750,
                                       nms_plus_one=True)
@@ -108,209 +106,7 @@ def scrfd_postprocess(config: PostprocessConfig | None) -> PostprocessConfig:
     return config
 
 
-# ---------------------------------------------------------------------------- model layout
-
-
-@dataclass(frozen=True)
-class SCRFDLayout:
-    """What the detector needs to know about an SCRFD graph.
-
-    Attributes:
-        strides: feature strides, shallowest first (8, 16, 32 or 8 ... 128).
-        num_anchors: anchors per feature-map location (2 for 3-level models, 1 for 5-level ones).
-        input_hw: the graph's fixed input ``(H, W)``, or ``None`` when any multiple of the largest
-            stride runs.
-        batch: the graph takes ``B > 1`` images in one call, giving ``[B, A, C]`` outputs.
-    """
-
-    strides: tuple[int, ...]
-    num_anchors: int
-    input_hw: tuple[int, int] | None = None
-    batch: bool = False
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.strides)
-
-    @property
-    def align(self) -> int:
-        return max(self.strides)
-
-    def anchors_per_level(self, height: int, width: int) -> list[int]:
-        return [(height // s) * (width // s) * self.num_anchors for s in self.strides]
-
-
-def scrfd_layout(num_outputs: int) -> tuple[tuple[int, ...], int]:
-    """``(strides, anchors per location)`` of an SCRFD graph with keypoints, from its output count
-    (insightface's rule); raises :class:`CheckpointError` for anything else."""
-    if num_outputs == 9:
-        return (8, 16, 32), 2
-    if num_outputs == 15:
-        return (8, 16, 32, 64, 128), 1
-    if num_outputs in (6, 10):
-        raise CheckpointError(
-            f"this SCRFD model has {num_outputs} outputs: no keypoints. The pipeline aligns faces on 5 "
-            "landmarks; use a *_kps / *_bnkps model (9 or 15 outputs), e.g. det_10g.onnx or scrfd_500m_bnkps.onnx")
-    raise CheckpointError(f"not an SCRFD model: {num_outputs} outputs (SCRFD with keypoints has 9 or 15)")
-
-
-def _fixed_dim(dim: Any) -> int | None:
-    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
-
-
-# ---------------------------------------------------------------------------- making a fixed graph shape-generic
-
-
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
-def _static_shapes(model: Any) -> dict[str, list[int | None]]:
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    return {vi.name: [_fixed_dim(d) for d in vi.type.tensor_type.shape.dim]
-            for vi in (*g.value_info, *g.input, *g.output)}
-
-
-def _dynamic_graph(model: Any) -> Any | None:
-    """A copy of a fixed-size SCRFD graph that runs any input size and batch, or ``None`` when a
-    node cannot be made generic this way (see the module docstring). Not yet checked numerically."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    consts = _constants(graph)
-    shapes = _static_shapes(model)
-    new_inits = []
-    replaced: set[str] = set()
-    for n, node in enumerate(graph.node):
-        if node.op_type == "Resize" and len(node.input) >= 4 and node.input[3]:
-            sizes = consts.get(node.input[3])
-            if sizes is None:  # computed from shapes at run time: already generic
-                continue
-            x_shape = shapes.get(node.input[0])
-            if not x_shape or None in x_shape or len(x_shape) != len(sizes):
-                return None
-            ratio = np.asarray(sizes, np.float64) / np.asarray(x_shape, np.float64)
-            if not np.allclose(ratio, np.round(ratio)) or (np.round(ratio[:2]) != 1).any():
-                return None
-            name = f"_scrfd_dynamic_resize_scales_{n}"
-            new_inits.append(numpy_helper.from_array(np.round(ratio).astype(np.float32), name))
-            node.input[2] = name
-            replaced.add(node.input[3])
-            del node.input[3]
-        elif node.op_type == "Reshape":
-            target = consts.get(node.input[1])
-            if target is None:
-                continue
-            data_shape = shapes.get(node.input[0]) or []
-            target = np.asarray(target, np.int64).copy()
-            if target.size >= 2 and target[0] == 1 and data_shape and data_shape[0] == 1:
-                target[0] = 0  # copy the batch dimension
-                name = f"_scrfd_dynamic_reshape_{n}"
-                new_inits.append(numpy_helper.from_array(target, name))
-                replaced.add(node.input[1])
-                node.input[1] = name
-    graph.initializer.extend(new_inits)
-    used = {name for node in graph.node for name in node.input}
-    stale = replaced - used  # the size / shape constants no node reads any more
-    for init in [i for i in graph.initializer if i.name in stale]:
-        graph.initializer.remove(init)
-    for value in [v for v in graph.input if v.name in stale]:  # IR < 4 lists initializers as inputs
-        graph.input.remove(value)
-    inp = graph.input[0].type.tensor_type.shape.dim
-    if len(inp) != 4:
-        return None
-    for dim, name in zip(inp, ("batch", None, "height", "width")):
-        if name is not None:
-            dim.Clear()
-            dim.dim_param = name
-    for i, out in enumerate(graph.output):
-        dims = out.type.tensor_type.shape.dim
-        for j, dim in enumerate(dims):
-            if j < len(dims) - 1:
-                dim.Clear()
-                dim.dim_param = f"out{i}_d{j}"
-    del graph.value_info[:]
-    return model
-
-
-def _probe_inputs(hw: tuple[int, int], batch: int, seed: int) -> np.ndarray:
-    """Deterministic network inputs in the normalised range."""
-    rng = np.random.default_rng(seed)
-    return rng.uniform(-1.0, 1.0, size=(batch, 3, hw[0], hw[1])).astype(np.float32)
-
-
-def _outputs_close(a: list[np.ndarray], b: list[np.ndarray], tol: float = 1e-4) -> bool:
-    return len(a) == len(b) and all(x.shape == y.shape and np.abs(x.astype(np.float64) - y).max() <= tol
-                                    for x, y in zip(a, b))
-
-
-def _expected_shapes(strides: tuple[int, ...], anchors: int, hw: tuple[int, int]) -> list[tuple[int, int]]:
-    counts = [(hw[0] // s) * (hw[1] // s) * anchors for s in strides]
-    return [(c, width) for width in (1, 4, 10) for c in counts]
-
-
-def _shapes_ok(outs: list[np.ndarray], expected: list[tuple[int, int]], batch: int) -> bool:
-    if len(outs) != len(expected):
-        return False
-    for o, (rows, cols) in zip(outs, expected):
-        if o.ndim == 3 and o.shape != (batch, rows, cols):
-            return False
-        if o.ndim == 2 and (batch != 1 or o.shape != (rows, cols)):
-            return False
-        if o.ndim not in (2, 3):
-            return False
-    return True
-
-
-def _batch_ok(session: OnnxSession, strides: tuple[int, ...], anchors: int, hw: tuple[int, int]) -> bool:
-    """Does ``session`` run a batch of 2 at ``hw`` giving each image its single-run outputs?"""
-    x = _probe_inputs(hw, 2, seed=1)
-    try:
-        both = session.run(x)
-    except Exception:
-        return False
-    if not _shapes_ok(both, _expected_shapes(strides, anchors, hw), 2):
-        return False
-    singles = [session.run(np.ascontiguousarray(x[i:i + 1])) for i in range(2)]
-    return all(_outputs_close([o[i:i + 1] for o in both], singles[i]) for i in range(2))
-
-
-_REWRITES: dict[tuple, bytes | None] = {}
-_REWRITES_LOCK = threading.Lock()
-
-
-def _open_temp_session(data: bytes, **kwargs: Any) -> OnnxSession:
-    fd, name = tempfile.mkstemp(suffix=".onnx", prefix="scrfd_dynamic_")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return open_session(name, **kwargs)
-    finally:
-        os.unlink(name)
-
-
 # ---------------------------------------------------------------------------- preprocessing
-
-
-@dataclass(frozen=True)
-class _Placement:
-    """Where one image goes: resized to ``new_hw``, top-left on a ``canvas_hw`` canvas; network-input
-    coordinates are divided by ``scale = (sx, sy)`` to get original pixels."""
-
-    new_hw: tuple[int, int]
-    canvas_hw: tuple[int, int]
-    scale: tuple[float, float]
 
 
 def _round_up(x: int, align: int) -> int:
@@ -333,23 +129,23 @@ def _letterbox(h: int, w: int, canvas_w: int, canvas_h: int) -> tuple[tuple[int,
 
 
 def plan_input(h: int, w: int, policy: ResizePolicy, *, align: int,
-               fixed_hw: tuple[int, int] | None = None) -> _Placement:
+               fixed_hw: tuple[int, int] | None = None) -> InputPlan:
     """The placement of an ``h x w`` image under ``policy`` (see the module docstring)."""
     if policy.mode in ("long_side", "cap"):
         n = int(policy.size)
         canvas = (_round_up(n, align), _round_up(n, align))
         if policy.mode == "cap" and max(h, w) <= n:
-            placement = _Placement((h, w), canvas, (1.0, 1.0))
+            placement = InputPlan((h, w), canvas, (1.0, 1.0))
         else:
             new_hw, det_scale = _letterbox(h, w, n, n)
-            placement = _Placement(new_hw, canvas, (det_scale, det_scale))
+            placement = InputPlan(new_hw, canvas, (det_scale, det_scale))
     else:
         s = policy.scale(h, w)
         if s == 1.0:
             new_hw = (h, w)
         else:
             new_hw = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-        placement = _Placement(new_hw, (_round_up(new_hw[0], align), _round_up(new_hw[1], align)),
+        placement = InputPlan(new_hw, (_round_up(new_hw[0], align), _round_up(new_hw[1], align)),
                                (new_hw[1] / w, new_hw[0] / h))
     if fixed_hw is not None and placement.canvas_hw != tuple(fixed_hw):
         raise ValueError(
@@ -370,13 +166,13 @@ def _blob(canvases: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- the detector
 
 
-class SCRFDDetector:
+class SCRFDDetector(DenseDetector):
     """insightface SCRFD (ONNX, with keypoints) on onnxruntime or OpenVINO; see the module docstring.
 
     Build it with ``DetectorSpec(weights="det_10g.onnx", family="scrfd", resize="long:640").build()``
     (or :meth:`from_spec`). :meth:`detect` (or calling the instance) takes a list of uint8 BGR images
-    of any sizes and returns one :class:`Detections` per image (torch CPU tensors, original pixels,
-    sorted by score).
+    of any sizes and returns one :class:`~detector.api.Detections` per image (float32 numpy arrays,
+    original pixels, sorted by score).
 
     Attributes:
         resize: the default :class:`ResizePolicy` (``long:640`` is insightface's ``det_size``).
@@ -389,14 +185,13 @@ class SCRFDDetector:
                  device: str = "cpu", threads: int | None = None,
                  resize: "ResizePolicy | str | int | None" = "long:640",
                  postprocess: PostprocessConfig | None = None, shape_generic: bool = True,
-                 max_batch: int = 32, nms_budget: int = 64_000_000) -> None:
+                 max_batch: int = 32) -> None:
         self.weights = Path(weights)
         self.runtime = runtime
         self.resize = ResizePolicy.parse(resize)
         self.postprocess_config = postprocess if postprocess is not None else SCRFD_POSTPROCESS
         self.max_batch = int(max_batch)
-        self.nms_budget = int(nms_budget)
-        self._geometry: dict[tuple[int, int], Tensor] = {}
+        self._geometry: dict[tuple[int, int], np.ndarray] = {}
         self.session, self.layout = self._open(dict(runtime=runtime, precision=precision, device=device,
                                                     threads=threads), shape_generic)
 
@@ -413,98 +208,69 @@ class SCRFDDetector:
 
     # ------------------------------------------------------------------ loading
     def _open(self, session_args: dict[str, Any], shape_generic: bool) -> tuple[OnnxSession, SCRFDLayout]:
-        import onnx
-
+        """The session (of the shape-generic copy when the file fixes its size and the rewrite holds)
+        and the graph's layout, from what the runtime reads of the file (no ``onnx`` package, except
+        to rewrite a fixed-size file the first time)."""
         path = self.weights
         if not path.is_file():
             raise CheckpointError(f"SCRFD weights not found: {path}")
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable ONNX file ({exc})") from exc
-        strides, anchors = scrfd_layout(len(model.graph.output))
-        dims = model.graph.input[0].type.tensor_type.shape.dim
-        if len(dims) != 4:
-            raise CheckpointError(f"{path}: SCRFD input must be NCHW, got rank {len(dims)}")
-        fixed_hw = (_fixed_dim(dims[2]), _fixed_dim(dims[3]))
-        fixed_batch = _fixed_dim(dims[0])
-        out_ranks = {len(o.type.tensor_type.shape.dim) for o in model.graph.output}
 
-        if None not in fixed_hw and shape_generic:
-            data = self._rewrite(model, path, session_args, strides, anchors, fixed_hw)
-            if data is not None:
-                session = _open_temp_session(data, **session_args)
-                probe = (3 * max(strides), 4 * max(strides))
-                return session, SCRFDLayout(strides, anchors, None, _batch_ok(session, strides, anchors, probe))
-        session = open_session(path, **session_args)
-        input_hw = None if None in fixed_hw else (int(fixed_hw[0]), int(fixed_hw[1]))
-        probe = input_hw or (3 * max(strides), 4 * max(strides))
-        batch = fixed_batch is None and out_ranks == {3} and _batch_ok(session, strides, anchors, probe)
+        def open_file(p: Path) -> OnnxSession:
+            return open_session(p, **session_args)
+
+        session = open_file(path)
+        strides, anchors = scrfd_layout(len(session.output_names))
+        if len(session.input_shape) != 4:
+            raise CheckpointError(f"{path}: SCRFD input must be NCHW, got rank {len(session.input_shape)}")
+        fixed_batch, _, fh, fw = session.input_shape
+        probe = (3 * max(strides), 4 * max(strides))
+        if fh is not None and fw is not None and shape_generic:
+            generic = shape_generic_file(path, open_file, lambda: session, SCRFDLayout(strides, anchors),
+                                         (int(fh), int(fw)))
+            if generic is not None:
+                session = open_file(generic)
+                return session, SCRFDLayout(strides, anchors, None, batch_ok(session, SCRFDLayout(strides, anchors),
+                                                                            probe))
+        input_hw = None if fh is None or fw is None else (int(fh), int(fw))
+        layout = SCRFDLayout(strides, anchors, input_hw)
+        probe = input_hw or probe
+        out_ranks = {len(s) for s in session.output_shapes}
+        batch = fixed_batch is None and out_ranks == {3} and batch_ok(session, layout, probe)
         if input_hw is None:
             # a shape-generic file: make sure the output order is what SCRFD decoding assumes
-            outs = session.run(_probe_inputs(probe, 1, seed=0))
-            if not _shapes_ok(outs, _expected_shapes(strides, anchors, probe), 1):
+            outs = session.run(probe_inputs(probe, 1, seed=0))
+            if not shapes_ok(outs, layout.expected_shapes(probe), 1):
                 raise CheckpointError(
                     f"{path}: outputs {[o.shape for o in outs]} are not SCRFD's (scores, boxes, keypoints per "
                     f"stride {', '.join(map(str, strides))}, in that order)")
         return session, SCRFDLayout(strides, anchors, input_hw, bool(batch))
 
-    @staticmethod
-    def _rewrite(model: Any, path: Path, session_args: dict[str, Any], strides: tuple[int, ...], anchors: int,
-                 fixed_hw: tuple[int, int]) -> bytes | None:
-        """The checked shape-generic version of a fixed-size file, or ``None`` (memoised per file and
-        runtime in this process)."""
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, tuple(sorted(session_args.items())))
-        with _REWRITES_LOCK:
-            if key in _REWRITES:
-                return _REWRITES[key]
-        data: bytes | None = None
-        try:
-            dynamic = _dynamic_graph(model)
-            if dynamic is not None:
-                candidate = dynamic.SerializeToString()
-                original = open_session(path, **session_args)
-                generic = _open_temp_session(candidate, **session_args)
-                x = _probe_inputs(fixed_hw, 1, seed=0)
-                other = (fixed_hw[0] // 2 // max(strides) * max(strides) or max(strides),
-                         fixed_hw[1] + max(strides))
-                same = _outputs_close(generic.run(x), original.run(x))
-                shaped = _shapes_ok(generic.run(_probe_inputs(other, 1, seed=2)),
-                                    _expected_shapes(strides, anchors, other), 1)
-                if same and shaped:
-                    data = candidate
-        except Exception:  # any failure: keep the file as it is
-            data = None
-        with _REWRITES_LOCK:
-            _REWRITES[key] = data
-        return data
+    # ------------------------------------------------------------------ the family's parts
+    def plan(self, height: int, width: int, policy: ResizePolicy) -> InputPlan:
+        return plan_input(height, width, policy, align=self.layout.align, fixed_hw=self.layout.input_hw)
 
-    # ------------------------------------------------------------------ geometry
-    def _anchor_geometry(self, canvas_hw: tuple[int, int]) -> Tensor:
-        """``Tensor[A, 3]``: anchor centre x, y and stride, in the graph's output order."""
+    def _anchor_geometry(self, canvas_hw: tuple[int, int]) -> np.ndarray:
+        """``float32[A, 3]``: anchor centre x, y and stride, in the graph's output order."""
         g = self._geometry.get(canvas_hw)
         if g is None:
             parts = []
             for s in self.layout.strides:
                 fh, fw = canvas_hw[0] // s, canvas_hw[1] // s
-                ys, xs = torch.meshgrid(torch.arange(fh, dtype=torch.float32),
-                                        torch.arange(fw, dtype=torch.float32), indexing="ij")
-                level = torch.stack([xs * s, ys * s, torch.full_like(xs, float(s))], dim=-1).reshape(-1, 1, 3)
-                parts.append(level.expand(-1, self.layout.num_anchors, 3).reshape(-1, 3))
-            g = torch.cat(parts)
+                ys, xs = np.meshgrid(np.arange(fh, dtype=np.float32), np.arange(fw, dtype=np.float32), indexing="ij")
+                level = np.stack([xs * s, ys * s, np.full_like(xs, float(s))], axis=-1).reshape(-1, 1, 3)
+                parts.append(np.broadcast_to(level, (level.shape[0], self.layout.num_anchors, 3)).reshape(-1, 3))
+            g = np.concatenate(parts)
             if len(self._geometry) < 64:
                 self._geometry[canvas_hw] = g
         return g
 
-    # ------------------------------------------------------------------ inference
-    def _run(self, images: Sequence[np.ndarray], plans: Sequence[_Placement],
-             canvas_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Images sharing ``canvas_hw`` -> scores ``[b, A]`` and distances ``[b, A, 14]`` (box l, t, r, b
-        then 5 keypoint x, y, in units of stride), in the graph's anchor order. One session call per
-        ``max_batch`` images when the graph takes a batch, else one per image."""
+    def forward_group(self, images: Sequence[np.ndarray], plans: Sequence[InputPlan],
+                canvas_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Images sharing ``canvas_hw`` -> scores ``float32[b, A]`` and distances ``[b, A, 14]`` (box l,
+        t, r, b then 5 keypoint x, y, in units of stride), in the graph's anchor order. One session
+        call per ``max_batch`` images when the graph takes a batch, else one per image."""
         step = self.max_batch if self.layout.batch else 1
-        expected = _expected_shapes(self.layout.strides, self.layout.num_anchors, canvas_hw)
+        expected = self.layout.expected_shapes(canvas_hw)
         n = self.layout.num_levels
         scores, dists = [], []
         for start in range(0, len(images), step):
@@ -517,7 +283,7 @@ class SCRFDDetector:
                 canvases[j, :nh, :nw] = img
             outs = self.session.run(_blob(canvases))
             b = len(chunk)
-            if not _shapes_ok(outs, expected, b):
+            if not shapes_ok(outs, expected, b):
                 raise CheckpointError(
                     f"{self.weights.name}: outputs {[tuple(o.shape) for o in outs]} at input "
                     f"{canvas_hw[1]}x{canvas_hw[0]} are not SCRFD's (expected {expected})")
@@ -525,79 +291,31 @@ class SCRFDDetector:
             scores.append(np.concatenate(outs[:n], axis=1)[..., 0])
             dists.append(np.concatenate([np.concatenate(outs[n:2 * n], axis=1),
                                          np.concatenate(outs[2 * n:], axis=1)], axis=2))
+        if len(scores) == 1:
+            return scores[0], dists[0]
         return np.concatenate(scores), np.concatenate(dists)
 
-    def detect(self, images: Sequence[np.ndarray], *, resize: "ResizePolicy | str | int | None" = None,
-               conf_threshold: float | None = None, nms_threshold: float | None = None,
-               top_k: int | None = None, keep_top_k: int | None = None) -> list[Detections]:
-        """Detect faces; one :class:`Detections` per image (torch CPU tensors, original pixels)."""
-        check_image_list(images)
-        cfg = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                               top_k=top_k, keep_top_k=keep_top_k)
-        policy = self.resize if resize is None else ResizePolicy.parse(resize)
+    def select(self, raw: tuple[np.ndarray, np.ndarray], index: int,
+               config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Kept when ``score >= conf_threshold`` (insightface's comparison); ties in file order (its
+        stable sort)."""
+        scores = raw[0][index]
+        idx = top_candidates(scores, scores >= config.conf_threshold, int(config.top_k))
+        return idx, scores[idx].astype(np.float32)
 
-        images = [as_bgr_uint8(img, i) for i, img in enumerate(images)]
-        plans = [plan_input(img.shape[0], img.shape[1], policy, align=self.layout.align,
-                            fixed_hw=self.layout.input_hw) for img in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, p in enumerate(plans):
-            groups.setdefault(p.canvas_hw, []).append(i)
-
-        batch_size = len(images)
-        per_group = []
-        for canvas_hw, members in groups.items():
-            s, d = self._run([images[i] for i in members], [plans[i] for i in members], canvas_hw)
-            per_group.append((members, torch.from_numpy(s), torch.from_numpy(d), self._anchor_geometry(canvas_hw)))
-
-        if len(per_group) == 1 and per_group[0][0] == list(range(batch_size)):
-            _, scores, dists, geometry = per_group[0]
-            geometry = geometry.expand(batch_size, -1, -1)
-        else:  # different canvases: pad to the longest anchor list (padding never passes the threshold)
-            a_max = max(g[1].shape[1] for g in per_group)
-            scores = torch.full((batch_size, a_max), -1.0)
-            dists = torch.zeros((batch_size, a_max, 14))
-            geometry = torch.zeros((batch_size, a_max, 3))
-            for members, s, d, geo in per_group:
-                idx = torch.tensor(members)
-                scores[idx, : s.shape[1]] = s
-                dists[idx, : s.shape[1]] = d
-                geometry[idx, : s.shape[1]] = geo
-        scales = torch.tensor([p.scale for p in plans], dtype=torch.float32)  # [B, 2] (sx, sy)
-        return self._decode(scores, dists, geometry, scales, cfg)
-
-    __call__ = detect
-
-    @torch.inference_mode()
-    def _decode(self, scores: Tensor, dists: Tensor, geometry: Tensor, scales: Tensor,
-                cfg: PostprocessConfig) -> list[Detections]:
-        batch_size = scores.shape[0]
-        above = scores >= cfg.conf_threshold
-        k = min(int(above.sum(dim=1).max()) if scores.numel() else 0, int(cfg.top_k))
-        if k == 0:
-            empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 5, 2))
-            return [empty] * batch_size
-        top, idx = scores.topk(k, dim=1)
-        # insightface orders by a stable sort: equal scores keep file order
-        idx, perm = idx.sort(dim=1)
-        top = top.gather(1, perm)
-        top, perm = top.sort(dim=1, descending=True, stable=True)
-        idx = idx.gather(1, perm)
-        valid = top >= cfg.conf_threshold
-
-        geo = torch.gather(geometry, 1, idx[..., None].expand(-1, -1, 3))  # [B, K, 3]
-        d = torch.gather(dists, 1, idx[..., None].expand(-1, -1, 14)) * geo[..., 2:3]
-        cx, cy = geo[..., 0], geo[..., 1]
-        boxes = torch.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], dim=-1)
-        kps = geo[..., None, :2] + d[..., 4:].reshape(batch_size, k, 5, 2)
-        sxy = scales[:, None, :]  # [B, 1, 2]
-        boxes = boxes / sxy.repeat(1, 1, 2)
-        kps = kps / sxy[:, :, None, :]
-
-        keep = chunked_padded_nms(boxes, top, valid, cfg.nms_threshold, plus_one=cfg.nms_plus_one,
-                                  budget=self.nms_budget)
-        keep &= keep.cumsum(dim=1) <= cfg.keep_top_k
-        return [Detections(boxes[b][keep[b]], top[b][keep[b]], kps[b][keep[b]]) for b in range(batch_size)]
+    def decode(self, raw: tuple[np.ndarray, np.ndarray], index: int, anchors: np.ndarray,
+               canvas_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``centre -/+ distance * stride``; keypoints ``centre + distance * stride``."""
+        geo = self._anchor_geometry(canvas_hw)[anchors]  # [K, 3]
+        d = raw[1][index][anchors] * geo[:, 2:3]
+        cx, cy = geo[:, 0], geo[:, 1]
+        boxes = np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], axis=-1)
+        kps = geo[:, None, :2] + d[:, 4:].reshape(-1, 5, 2)
+        return boxes.astype(np.float32), kps.astype(np.float32)
 
     def __repr__(self) -> str:
         return (f"SCRFDDetector({self.weights.name}, runtime={self.runtime}, strides={self.layout.strides}, "
                 f"batch={self.layout.batch}, input={self.layout.input_hw or 'any'}, resize={self.resize.to_string()})")
+
+
+register_family(Family(name="scrfd", runtimes=("onnxruntime", "openvino"), build=SCRFDDetector.from_spec))

@@ -11,29 +11,29 @@ outputs (a resumed job compares it).
 Every command line that detects (``python -m detector detect``, the align job, verification, WIDER
 evaluation) takes the same flags through :func:`add_detector_arguments` / :func:`spec_from_args`.
 
-Families live in :data:`FAMILIES`: a name, the runtimes it runs on, and a lazily imported builder
-(``"module:function"`` taking the spec), so adding a family is one module plus one entry here.
+Families live in :data:`detector.families.FAMILIES`: each family module registers its name, the
+runtimes it runs on, its default weights and its builder; this module knows none of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .api import FaceDetector, PostprocessConfig
 from .config import ResizePolicy
+from .families import FAMILIES, Family
 from .hub import CheckpointError, resolve_weights
 
 __all__ = [
     "AUTO",
     "DetectorSpec",
     "FAMILIES",
-    "FamilyEntry",
+    "Family",
     "PRECISIONS",
     "RUNTIMES",
     "RuntimeUnavailableError",
@@ -61,31 +61,6 @@ _AUTO_CPU_ORDER: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
 
 class RuntimeUnavailableError(CheckpointError):
     """The runtime is not installed, or cannot run this precision / device."""
-
-
-@dataclass(frozen=True)
-class FamilyEntry:
-    """A detector family: its runtimes, its default weights, and its builder (``"module:function"``,
-    called with the resolved spec, imported only when a detector is built)."""
-
-    name: str
-    builder: str
-    runtimes: tuple[str, ...]
-    default_weights: str | None = None
-
-    def load_builder(self) -> Callable[["DetectorSpec"], FaceDetector]:
-        module, _, func = self.builder.partition(":")
-        return getattr(importlib.import_module(module), func)
-
-
-FAMILIES: dict[str, FamilyEntry] = {
-    f.name: f for f in (
-        FamilyEntry(name="retinaface", builder="detector.families:build_retinaface",
-                    runtimes=("torch", "onnxruntime", "openvino"), default_weights="mobilenet0.25"),
-        FamilyEntry(name="scrfd", builder="detector.families:build_scrfd",
-                    runtimes=("onnxruntime", "openvino")),
-    )
-}
 
 
 def cpu_has_bf16() -> bool:
@@ -166,7 +141,7 @@ class DetectorSpec:
         if self.family is not None:
             return self.family
         if self.weights is not None and str(self.weights).lower().endswith(".onnx"):
-            from .onnx_models import inspect_onnx  # numpy + onnx only
+            from .onnx_models import inspect_onnx  # reads the file's header: no torch, no onnx
 
             return inspect_onnx(resolve_weights(self.weights)).family
         return "retinaface"
@@ -241,7 +216,7 @@ class DetectorSpec:
         """The detector (loads the model; imports the runtime)."""
         spec = self if (self.family and self.runtime != AUTO and self.precision != AUTO and self.weights
                         and Path(self.weights).is_file()) else self.resolved()
-        return FAMILIES[spec.family].load_builder()(spec)
+        return FAMILIES[spec.family].build(spec)
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> dict[str, Any]:

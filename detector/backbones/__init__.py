@@ -1,6 +1,6 @@
-"""The backbone registry: one module per backbone, looked up by ``ModelConfig.backbone``.
+"""The backbone registry: one module per backbone, the one place a backbone is declared.
 
-A registered :class:`Backbone` gives:
+A backbone module calls :func:`register_backbone` when imported, giving:
 
 * ``build(config) -> nn.Module``: the trunk for a :class:`detector.config.ModelConfig`;
   ``forward(x: Tensor[B, 3, H, W])`` returns one feature map per ``config.return_layers`` entry,
@@ -11,13 +11,19 @@ A registered :class:`Backbone` gives:
   have; how a bare biubug6 ``.pth`` (no stored config) tells its architecture.
 * ``fuse(body)`` (optional): folds, in place, the Conv2d -> BatchNorm2d pairs of the trunk that are
   not ``Sequential(conv, bn, ...)`` blocks (:func:`detector.model.fuse_conv_bn` folds those).
+* ``presets``: the :class:`~detector.config.ModelConfig` presets built on it (served by
+  :func:`detector.config.get_preset`; a preset named like the backbone is what a bare checkpoint
+  loads as).
+* ``weights``: its public checkpoints (:class:`detector.hub.KnownWeights`, served by
+  :data:`detector.hub.KNOWN_WEIGHTS`).
+* ``bf16_keep_f32``: the ONNX node-name patterns OpenVINO bf16 keeps in f32
+  (:func:`bf16_keep_f32`; default: the whole trunk, ``^/body/``).
 
-This module does not import torch: the built-in backbones are listed by name and their modules are
-imported by the first :func:`get_backbone`, so :mod:`detector.config` validates names without
-torch. Adding a backbone: a module here that calls :func:`register_backbone` when imported, its name
-in ``_BUILTIN_MODULES``, and a model preset in :mod:`detector.config` (named like the backbone if
-bare checkpoints should load without ``preset=``). Code outside the package may instead call
-:func:`register_backbone` itself before building configs that name the backbone.
+Backbone modules import torch only to build: registering (names, presets, weights, bf16 split)
+needs no torch, so :mod:`detector.config`, :mod:`detector.hub` and the ONNX runtimes read the
+registry in a torch-free process. The built-in modules are imported on the first look-up. Adding a
+backbone: one module here that calls :func:`register_backbone`, and its name in
+``_BUILTIN_MODULES``; code outside the package may instead call :func:`register_backbone` itself.
 """
 
 from __future__ import annotations
@@ -25,19 +31,24 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from detector.config import ModelConfig
+    from detector.hub import KnownWeights
 
 __all__ = [
+    "BF16_KEEP_F32_DEFAULT",
     "Backbone",
     "available_backbones",
     "backbone_of_checkpoint",
+    "bf16_keep_f32",
     "get_backbone",
     "register_backbone",
+    "registered_presets",
+    "registered_weights",
 ]
 
 # Built-in backbones: name -> the module that registers it on import.
@@ -45,6 +56,10 @@ _BUILTIN_MODULES: dict[str, str] = {
     "mobilenet0.25": "detector.backbones.mobilenet",
     "resnet50": "detector.backbones.resnet",
 }
+
+BF16_KEEP_F32_DEFAULT: tuple[str, ...] = (r"^/body/",)
+"""A backbone that does not say: OpenVINO bf16 runs its whole trunk in f32 (not measured further)."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Backbone:
@@ -54,6 +69,9 @@ class Backbone:
     build: Callable[[ModelConfig], nn.Module]
     checkpoint_key_prefix: str
     fuse: Callable[[nn.Module], None] | None = None
+    presets: tuple[ModelConfig, ...] = ()
+    weights: tuple[KnownWeights, ...] = ()
+    bf16_keep_f32: tuple[str, ...] = BF16_KEEP_F32_DEFAULT
 
 
 _REGISTRY: dict[str, Backbone] = {}
@@ -65,6 +83,9 @@ def register_backbone(
     build: Callable[[ModelConfig], nn.Module],
     checkpoint_key_prefix: str,
     fuse: Callable[[nn.Module], None] | None = None,
+    presets: Iterable[ModelConfig] = (),
+    weights: Iterable[KnownWeights] = (),
+    bf16_keep_f32: Iterable[str] = BF16_KEEP_F32_DEFAULT,
 ) -> Backbone:
     """Register a backbone under ``name``; raises ``ValueError`` if the name is taken."""
     if not name:
@@ -77,9 +98,24 @@ def register_backbone(
         importlib.import_module(_BUILTIN_MODULES[name])
     if name in _REGISTRY:
         raise ValueError(f"backbone {name!r} is already registered")
-    backbone = Backbone(name=name, build=build, checkpoint_key_prefix=checkpoint_key_prefix, fuse=fuse)
+    presets, weights = tuple(presets), tuple(weights)
+    for preset in presets:
+        if preset.backbone != name:
+            raise ValueError(f"backbone {name!r}: preset {preset.name!r} is built on {preset.backbone!r}")
+    taken = {p.name for b in _REGISTRY.values() for p in b.presets} & {p.name for p in presets}
+    taken |= {w.name for b in _REGISTRY.values() for w in b.weights} & {w.name for w in weights}
+    if taken:
+        raise ValueError(f"backbone {name!r}: preset / weights names already registered: {sorted(taken)}")
+    backbone = Backbone(name=name, build=build, checkpoint_key_prefix=checkpoint_key_prefix, fuse=fuse,
+                        presets=presets, weights=weights, bf16_keep_f32=tuple(bf16_keep_f32))
     _REGISTRY[name] = backbone
     return backbone
+
+
+def _load_builtins() -> None:
+    for name, module in _BUILTIN_MODULES.items():
+        if name not in _REGISTRY:
+            importlib.import_module(module)
 
 
 def available_backbones() -> list[str]:
@@ -95,6 +131,23 @@ def get_backbone(name: str) -> Backbone:
         return _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}") from None
+
+
+def registered_presets() -> dict[str, Any]:
+    """Every registered preset by name (imports the built-in backbone modules; no torch)."""
+    _load_builtins()
+    return {p.name: p for b in _REGISTRY.values() for p in b.presets}
+
+
+def registered_weights() -> dict[str, Any]:
+    """Every registered public checkpoint by name (imports the built-in backbone modules; no torch)."""
+    _load_builtins()
+    return {w.name: w for b in _REGISTRY.values() for w in b.weights}
+
+
+def bf16_keep_f32(name: str) -> tuple[str, ...]:
+    """The ONNX node-name patterns OpenVINO bf16 keeps in f32 for backbone ``name``."""
+    return get_backbone(name).bf16_keep_f32
 
 
 def backbone_of_checkpoint(keys: Iterable[str]) -> str | None:
