@@ -35,7 +35,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .hub import CheckpointError, cache_dir, sha256sum
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .spec import DetectorSpec
 
 __all__ = ["GPU_ON_CPU_ENV", "PROBE_TIMEOUT_S", "RESULT_PREFIX", "check_build", "check_device", "on_device",
-           "onnxruntime_cuda_problem", "probe_spec", "session_providers", "torch_cuda_problem"]
+           "onnxruntime_cuda_problem", "probe_spec", "session_providers", "torch_cuda_problem", "worker_env"]
 
 PROBE_TIMEOUT_S = 600.0
 """Longest a child may take to build the detector (a ResNet-50 ONNX export on a slow CPU included)."""
@@ -163,6 +163,13 @@ def on_device(spec: "DetectorSpec") -> "DetectorSpec":
     if not str(spec.device).startswith("cuda") or os.environ.get(GPU_ON_CPU_ENV) != "1":
         return spec
     return dataclasses.replace(spec, device="cpu", precision="fp32")
+
+
+def worker_env() -> dict[str, Any]:
+    """Ray ``runtime_env`` that forwards the test-only :data:`GPU_ON_CPU_ENV` from the driver to
+    the tasks and actors it is given to (``{}`` when the driver does not set it)."""
+    value = os.environ.get(GPU_ON_CPU_ENV)
+    return {"env_vars": {GPU_ON_CPU_ENV: value}} if value else {}
 
 
 def torch_cuda_problem() -> str | None:

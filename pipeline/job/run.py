@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from common.fsio import atomic_write_text, remove_temporaries
 from common.ray_init import ray_session
 from detector.hub import CheckpointError
+from detector.probe import worker_env
 from detector.spec import AUTO, DetectorSpec
 from pipeline.curation.landmarks import GivenLandmarks, LandmarksFileError, read_landmarks_csv
 from pipeline.job.config import JOB_NAME, LOCK_NAME, MANIFEST_NAME, STATUSES, SUMMARY_NAME, AlignJobConfig, JobConfigError
@@ -124,9 +125,10 @@ def probe_gpu(spec: DetectorSpec, *, recognizer=None, timeout_s: float = GPU_PRO
     import ray
     from ray.exceptions import GetTimeoutError, RayError
 
-    from detector.probe import check_device
+    from detector.probe import check_device, worker_env
 
-    ref = ray.remote(num_gpus=1, max_retries=0)(check_device).remote(spec, recognizer)
+    task = ray.remote(num_gpus=1, max_retries=0)(check_device)
+    ref = (task.options(runtime_env=worker_env()) if worker_env() else task).remote(spec, recognizer)
     try:
         problem = ray.get(ref, timeout=timeout_s)
     except GetTimeoutError:
@@ -194,6 +196,7 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
         compute=ray.data.ActorPoolStrategy(size=workers.num_actors,
                                            max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT_PER_ACTOR),
         num_cpus=workers.cpus_per_actor, num_gpus=workers.gpus_per_actor or None,
+        **({"runtime_env": worker_env()} if workers.gpus_per_actor and worker_env() else {}),
         fn_constructor_kwargs={"detector": actor_spec, "align": config.align,
                                "detect_batch_size": workers.detect_batch_size, "on_no_face": config.on_no_face,
                                "draft": not config.exact, "quality_filter": config.quality_filter, **extra},
