@@ -315,6 +315,7 @@ def test_the_gpu_layout_writes_the_manifest_of_the_cpu_layout(gpu_ray, small_tre
     monkeypatch.setenv("FACEPREP_TEST_GPU_ON_CPU", "1")
     gpu = run_align_job(AlignJobConfig(dst=tmp_path / "gpu", device="auto", num_workers=3, **common))
     assert "cuda actor" in gpu.plan and "2 per GPU" in gpu.plan and "decoding in the read tasks" in gpu.plan
+    assert "the read tasks ship uint8 JPEG drafts at the detection size" in gpu.plan
     assert "reading, decoding and writing in the actors" in cpu.plan
     job = json.loads((tmp_path / "gpu" / "job.json").read_text())["settings"]
     assert job["device"] == "cuda" and (job["detector"]["runtime"], job["detector"]["precision"]) == ("torch", "fp16")

@@ -321,11 +321,13 @@ def _distinct(value: float, other: float) -> float:
 
 @dataclass(frozen=True, kw_only=True)
 class JobPlan:
-    """One run's whole plan: the workers, the chunk sizes, and the object-store budget."""
+    """One run's whole plan: the workers, the chunk sizes, the object-store budget, and whether the
+    read tasks decode JPEG drafts at the detection size (``drafts``)."""
 
     workers: WorkerPlan
     chunks: tuple[int, ...]
     budget: int | None
+    drafts: bool = False
 
     @classmethod
     def make(cls, resources: Mapping[str, float], *, todo: Sequence[str], src: Path, device: str,
@@ -337,12 +339,15 @@ class JobPlan:
                                threads=threads, decode=decode)
         chunks = workers.chunks(len(todo))
         workers = workers.fitted(chunks)
-        photo_bytes = estimate_input_bytes(src, todo, decoded=workers.decode_in_tasks, draft=draft)
+        photo_bytes = estimate_input_bytes(src, todo, decoded=workers.decode_in_tasks,
+                                           draft=draft if workers.decode_in_tasks else None)
         budget = object_store_budget(workers, photo_bytes=photo_bytes, cluster_cpus=float(resources.get("CPU", 0)),
                                      cluster_object_store=resources.get("object_store_memory"))
-        return cls(workers=workers, chunks=tuple(chunks), budget=budget)
+        return cls(workers=workers, chunks=tuple(chunks), budget=budget,
+                   drafts=draft is not None and workers.decode_in_tasks)
 
     def describe(self) -> str:
         text = self.workers.describe()
+        text += "; the read tasks ship uint8 JPEG drafts at the detection size" if self.drafts else ""
         text += f"; object store budget {self.budget / 2**20:.0f} MiB" if self.budget is not None else ""
         return text + "".join(f"; note: {note}" for note in self.workers.notes)

@@ -171,11 +171,11 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
     read = {"src_root": str(config.src.resolve()), "decode": workers.decode_in_tasks,
             "max_pixels": config.align.max_pixels, "exif_orientation": config.align.exif_orientation}
     write = None if writer is None else {"writer": writer, "crop_shape": config.align.crop_shape}
+    if plan.drafts:  # JPEG drafts at the detection size, uint8 (pipeline.job.feed)
+        read["draft"] = config.align.resize
     if not workers.fused:
         ds = ds.map_batches(read_images, batch_size=None, batch_format="numpy", num_cpus=workers.read_cpus,
                             fn_kwargs=read)
-    if workers.decode_in_tasks and not config.exact and config.landmarks is None:
-        read["draft"] = config.align.resize  # JPEG drafts at the detection size, uint8 (pipeline.job.feed)
     actor_spec = dataclasses.replace(spec, device=workers.device, threads=workers.threads)
     predictor, extra = FaceCropPredictor, {}
     if config.recognizer is not None:  # the identity passes (pipeline.job.identity)
@@ -213,7 +213,7 @@ def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: li
              ray_ready: float | None = None) -> tuple[RunStats, str]:
     """Run the dataset over ``todo`` (inside the job's Ray session, up since ``ray_ready``;
     ``spec`` resolved for its device); records reach the manifest through the writer's sink."""
-    draft = None if config.exact else config.align.resize
+    draft = None if config.exact or config.landmarks is not None else config.align.resize  # as _build_dataset
 
     def make_plan(rels: list[str]) -> JobPlan:
         return JobPlan.make(resources, todo=rels, src=config.src, device=spec.device, num_workers=config.num_workers,
