@@ -315,7 +315,11 @@ def test_the_gpu_layout_writes_the_manifest_of_the_cpu_layout(gpu_ray, small_tre
     monkeypatch.setenv("FACEPREP_TEST_GPU_ON_CPU", "1")
     gpu = run_align_job(AlignJobConfig(dst=tmp_path / "gpu", device="auto", num_workers=3, **common))
     assert "cuda actor" in gpu.plan and "2 per GPU" in gpu.plan and "decoding in the read tasks" in gpu.plan
-    assert "the read tasks ship uint8 JPEG drafts at the detection size" in gpu.plan
+    from pipeline.job.feed import takes_read_drafts
+    from pipeline.job.stages import FaceCropPredictor
+
+    # read-task drafts are used once the actor takes them (pipeline.job.feed): today full-size uint8 pixels
+    assert ("uint8 JPEG drafts" in gpu.plan) == takes_read_drafts(FaceCropPredictor)
     assert "reading, decoding and writing in the actors" in cpu.plan
     job = json.loads((tmp_path / "gpu" / "job.json").read_text())["settings"]
     assert job["device"] == "cuda" and (job["detector"]["runtime"], job["detector"]["precision"]) == ("torch", "fp16")

@@ -1,24 +1,26 @@
-"""Feeding GPU actors: the read tasks decode JPEG drafts at the detection size, and the actors take them.
+"""Feeding GPU actors: the read tasks can decode JPEG drafts at the detection size.
 
 With GPU actors the read tasks decode (:attr:`pipeline.job.plan.WorkerPlan.decode_in_tasks`). A
-full-size decode ships ``H x W x 3`` bytes per photo through the object store (36 MB for a 12 MP
-photo, 10-40x its file) although the detector shrinks it at once (``long:640``: 6x). With
+full-size decode ships ``H x W x 3`` uint8 bytes per photo through the object store (36 MB for a
+12 MP photo, 10-40x its file) although the detector shrinks it at once (``cap:640``: 6x). With
 ``draft`` (the detector's resize policy), :func:`pipeline.job.stages.read_images` decodes a JPEG
 that the policy shrinks 2x or more as a 1/2, 1/4 or 1/8 draft (:func:`decode_for_detection`: the
 JPEG decoder's own DCT scaling, several times faster than a full decode) and ships the draft's
 uint8 pixels plus the file's bytes (for the full-size re-crop of a face too small in the draft);
-nothing full-size and nothing float. The actors (:func:`takes_drafts`) then detect on the draft
-exactly as CPU actors do on their own drafts, so both layouts write the same manifest.
+nothing full-size and nothing float.
 
-Rows of a read-task batch (see :func:`pipeline.job.stages.read_images`): ``data`` holds the file's
-bytes for a drafted photo (else the full pixels, as without ``draft``), ``pixels`` the draft,
-``height``/``width`` the draft's size, ``full_height``/``full_width`` the upright photo's size (0
-when not drafted).
+Rows of such a batch: ``data`` holds the file's bytes for a drafted photo (else the full pixels,
+as without ``draft``), ``pixels`` the draft, ``height``/``width`` the draft's size,
+``full_height``/``full_width`` the upright photo's size (0 when not drafted).
+
+The job turns this on only for a predictor that declares ``takes_read_drafts = True``
+(:data:`DRAFTS_ATTRIBUTE`): :class:`pipeline.job.stages.FaceCropPredictor` does not yet, because
+:class:`pipeline.stage.PhotoInput` takes either pixels (then taken as the full photo) or a file,
+not a draft of a file; until then GPU read tasks ship full-size uint8 pixels (never float).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,7 @@ from detector.config import ResizePolicy
 from detector.probe import on_device
 from pipeline.images import decode_image, draft_factor, probe_image
 
-__all__ = ["decode_for_detection", "takes_drafts"]
+__all__ = ["DRAFTS_ATTRIBUTE", "decode_for_detection", "on_granted_device", "takes_read_drafts"]
 
 
 def decode_for_detection(raw: bytes, *, source: str, resize: ResizePolicy, max_pixels: int | None,
@@ -36,7 +38,7 @@ def decode_for_detection(raw: bytes, *, source: str, resize: ResizePolicy, max_p
     shrinks the photo 2x or more (:func:`pipeline.images.draft_factor`), and the upright full
     ``(H, W)`` when it is a draft (``None``: the image is the full photo).
 
-    The same rule as the CPU actors' own drafts (``FaceCropPredictor._image``, which can call this).
+    The same rule as the aligner's own drafts (:class:`pipeline.stage.FaceAligner`).
 
     Raises:
         ImageReadError: unreadable, unsupported or oversized input.
@@ -53,32 +55,26 @@ def decode_for_detection(raw: bytes, *, source: str, resize: ResizePolicy, max_p
     return image, full
 
 
-def takes_drafts(predictor: type) -> type:
-    """``predictor`` (:class:`pipeline.job.stages.FaceCropPredictor` or a subclass) for the GPU
-    layout: it takes the read tasks' drafts (the ``pixels`` / ``full_height`` / ``full_width``
-    columns; see the module docstring) and builds its detector on the device it was granted
-    (:func:`detector.probe.on_device`: the test-only ``FACEPREP_TEST_GPU_ON_CPU`` switch lets an
-    actor granted a logical GPU run on the CPU). The class keeps the predictor's name.
+DRAFTS_ATTRIBUTE = "takes_read_drafts"
+"""A predictor class with this attribute true takes the read tasks' drafts (see the module docstring)."""
 
-    A photo with given landmarks (``draft=False``) is decoded at full size from its file."""
 
-    class TakesDrafts(predictor):
+def takes_read_drafts(predictor: type) -> bool:
+    """Whether ``predictor`` takes the drafts of :func:`pipeline.job.stages.read_images`."""
+    return bool(getattr(predictor, DRAFTS_ATTRIBUTE, False))
+
+
+def on_granted_device(predictor: type) -> type:
+    """``predictor`` (:class:`pipeline.job.stages.FaceCropPredictor` or a subclass, taking a
+    ``detector`` :class:`~detector.spec.DetectorSpec`) that builds its detector on the device it
+    was granted (:func:`detector.probe.on_device`: the spec itself, or with the test-only
+    ``FACEPREP_TEST_GPU_ON_CPU=1`` the CPU, so that an actor granted a logical GPU runs in CI).
+    The class keeps the predictor's name (Ray names the actors after it)."""
+
+    class OnGrantedDevice(predictor):
         def __init__(self, *, detector: Any, **kwargs: Any) -> None:
             super().__init__(detector=on_device(detector), **kwargs)
 
-        def _image(self, row: int, batch: dict[str, np.ndarray], *,
-                   draft: bool = True) -> tuple[np.ndarray, tuple[int, int] | None]:
-            full_h = int(batch["full_height"][row]) if "full_height" in batch else 0
-            if not full_h:
-                return super()._image(row, batch, draft=draft)
-            full = (full_h, int(batch["full_width"][row]))
-            if not draft:
-                source = os.fsdecode(batch["src"][row])
-                return decode_image(batch["data"][row], source=source, max_pixels=self._align.max_pixels,
-                                    exif_orientation=self._align.exif_orientation), None
-            h, w = int(batch["height"][row]), int(batch["width"][row])
-            return np.frombuffer(batch["pixels"][row], np.uint8).reshape(h, w, 3), full
-
-    TakesDrafts.__name__, TakesDrafts.__qualname__ = predictor.__name__, predictor.__qualname__
-    TakesDrafts.__doc__ = predictor.__doc__
-    return TakesDrafts
+    OnGrantedDevice.__name__, OnGrantedDevice.__qualname__ = predictor.__name__, predictor.__qualname__
+    OnGrantedDevice.__doc__ = predictor.__doc__
+    return OnGrantedDevice

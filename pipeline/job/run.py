@@ -48,7 +48,7 @@ from detector.probe import worker_env
 from detector.spec import AUTO, DetectorSpec
 from pipeline.curation.landmarks import GivenLandmarks, LandmarksFileError, read_landmarks_csv
 from pipeline.job.config import JOB_NAME, LOCK_NAME, MANIFEST_NAME, STATUSES, SUMMARY_NAME, AlignJobConfig, JobConfigError
-from pipeline.job.feed import takes_drafts
+from pipeline.job.feed import on_granted_device, takes_read_drafts
 from pipeline.job.identity import (
     FaceEmbedPredictor, IdentityCropPredictor, actor_recognizer, check_recognizer, identity_summary,
     prepare_identities,
@@ -182,8 +182,8 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
         predictor = IdentityCropPredictor if writer is not None else FaceEmbedPredictor
         if writer is None:
             extra["recognizer"] = actor_recognizer(config.recognizer, device=workers.device, threads=workers.threads)
-    if not workers.fused:  # the actors take the read tasks' drafts; GPU_ON_CPU_ENV (test-only) applies
-        predictor = takes_drafts(predictor)
+    if workers.gpus_per_actor:  # the test-only GPU_ON_CPU_ENV applies (detector.probe.on_device)
+        predictor = on_granted_device(predictor)
     if workers.fused:  # CPU actors: read, decode, detect, align, write, all in the actor
         predictor = with_io(predictor)
         extra.update(read=read, write=write)
@@ -213,7 +213,9 @@ def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: li
              ray_ready: float | None = None) -> tuple[RunStats, str]:
     """Run the dataset over ``todo`` (inside the job's Ray session, up since ``ray_ready``;
     ``spec`` resolved for its device); records reach the manifest through the writer's sink."""
-    draft = None if config.exact or config.landmarks is not None else config.align.resize  # as _build_dataset
+    # JPEG drafts in the read tasks (pipeline.job.feed), where the actors take them
+    takes = takes_read_drafts(FaceCropPredictor) and (config.recognizer is None or takes_read_drafts(FaceEmbedPredictor))
+    draft = None if config.exact or config.landmarks is not None or not takes else config.align.resize
 
     def make_plan(rels: list[str]) -> JobPlan:
         return JobPlan.make(resources, todo=rels, src=config.src, device=spec.device, num_workers=config.num_workers,
