@@ -43,7 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .spec import DetectorSpec
 
 __all__ = ["GPU_ON_CPU_ENV", "PROBE_TIMEOUT_S", "RESULT_PREFIX", "check_build", "check_device", "on_device",
-           "onnxruntime_cuda_problem", "probe_spec", "session_providers", "torch_cuda_problem", "worker_env"]
+           "onnxruntime_cuda_problem", "probe_spec", "session_providers", "torch_cuda_problem", "weights_on_node",
+           "worker_env"]
 
 PROBE_TIMEOUT_S = 600.0
 """Longest a child may take to build the detector (a ResNet-50 ONNX export on a slow CPU included)."""
@@ -156,6 +157,29 @@ GPU layout (Ray logical GPUs, ``ray.init(num_gpus=2)``: read tasks -> GPU actors
 end to end. Never set it for real work: the job would record CUDA and run on the CPU."""
 
 
+def weights_on_node(spec: "DetectorSpec", asked: str | None) -> "DetectorSpec":
+    """``spec`` (resolved in the driver) with weights this node can open: the driver's file when
+    this node has it (a shared file system), else ``asked`` (what the user named: a registry name,
+    or ``None`` for the family's default) resolved here the way the driver resolved it
+    (:func:`detector.hub.resolve_weights`: this node's ``FACEPREP_WEIGHTS``, its cache, or a
+    download), so that nodes need not hold the file at the driver's path.
+
+    Raises:
+        CheckpointError: a weights *file* the node does not have (one line naming the node).
+    """
+    import socket
+
+    from .hub import KNOWN_WEIGHTS, resolve_weights
+
+    if spec.weights is None or Path(spec.weights).is_file():
+        return spec
+    if asked is not None and str(asked) not in KNOWN_WEIGHTS:  # a file the user named
+        raise CheckpointError(
+            f"weights file {spec.weights} is not on node {socket.gethostname()}: put it at that path on every node, "
+            "or name registry weights (--weights mobilenet0.25) that each node finds in its own FACEPREP_WEIGHTS or cache")
+    return dataclasses.replace(spec, weights=str(resolve_weights(asked)))
+
+
 def on_device(spec: "DetectorSpec") -> "DetectorSpec":
     """The spec a worker granted a GPU builds: ``spec`` itself; with the test-only
     :data:`GPU_ON_CPU_ENV` set to ``1``, a CUDA spec on the CPU in fp32 (what every runtime runs
@@ -238,14 +262,18 @@ def _torch_device_of(detector: object) -> str | None:
         return None
 
 
-def check_device(spec: "DetectorSpec", recognizer: object | None = None) -> str | None:
+def check_device(spec: "DetectorSpec", recognizer: object | None = None, asked_weights: str | None = None) -> str | None:
     """Build the resolved ``spec`` (and ``recognizer``, an object with ``build()`` such as
     :class:`pipeline.verification.recognizer.OnnxRecognizerConfig`) on its device, run one tiny
     detection, and check that CUDA is what runs. Meant for the process a GPU actor would run in
     (a Ray task granted ``num_gpus=1``). Returns ``None``, or one line naming the cause; never
-    raises."""
+    raises. ``asked_weights``: what the user named (see :func:`weights_on_node`)."""
     import numpy as np
 
+    try:
+        spec = weights_on_node(spec, asked_weights)
+    except CheckpointError as exc:
+        return str(exc)
     spec = on_device(spec)
     cuda = str(spec.device).startswith("cuda")
     try:

@@ -341,3 +341,31 @@ def test_the_gpu_layout_writes_the_manifest_of_the_cpu_layout(gpu_ray, small_tre
     monkeypatch.delenv("FACEPREP_TEST_GPU_ON_CPU")
     with pytest.raises(JobConfigError, match="different settings"):
         run_align_job(AlignJobConfig(dst=tmp_path / "gpu", device="cpu", **common))
+
+
+# ------------------------------------------------------------------------------------ weights on every node
+
+
+def test_a_node_without_the_drivers_weights_file_resolves_the_named_weights_itself(tmp_path, monkeypatch,
+                                                                                   mobilenet_weights):
+    """What an actor does with the driver's spec (:func:`detector.probe.weights_on_node`): the
+    driver's file where the node has it, else the user's name resolved on the node (its own
+    FACEPREP_WEIGHTS / cache); a named *file* the node lacks is one line naming the node."""
+    import dataclasses
+    import socket
+
+    from detector.hub import CheckpointError
+    from detector.probe import check_device, weights_on_node
+
+    spec = DetectorSpec(weights=str(mobilenet_weights), runtime="torch").resolved()
+    assert weights_on_node(spec, None) is spec  # a shared file system: the driver's file
+    elsewhere = dataclasses.replace(spec, weights="/home/driver/.cache/faceprep/" + Path(mobilenet_weights).name)
+    monkeypatch.setenv("FACEPREP_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("FACEPREP_WEIGHTS", str(Path(mobilenet_weights).parent))  # this node's own folder
+    for asked in (None, "mobilenet0.25"):
+        on_node = weights_on_node(elsewhere, asked)
+        assert Path(on_node.weights) == Path(mobilenet_weights)
+        assert dataclasses.replace(on_node, weights=spec.weights) == spec  # nothing else changes
+    with pytest.raises(CheckpointError, match=f"not on node {socket.gethostname()}"):
+        weights_on_node(elsewhere, "/home/driver/models/mine.pth")
+    assert check_device(elsewhere, asked_weights="/home/driver/models/mine.pth").startswith("weights file ")

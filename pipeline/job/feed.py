@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from detector.config import ResizePolicy
-from detector.probe import on_device
+from detector.probe import on_device, weights_on_node
 from pipeline.images import decode_image, draft_factor, probe_image
 
 __all__ = ["DRAFTS_ATTRIBUTE", "decode_for_detection", "on_granted_device", "takes_read_drafts"]
@@ -66,14 +66,18 @@ def takes_read_drafts(predictor: type) -> bool:
 
 def on_granted_device(predictor: type) -> type:
     """``predictor`` (:class:`pipeline.job.stages.FaceCropPredictor` or a subclass, taking a
-    ``detector`` :class:`~detector.spec.DetectorSpec`) that builds its detector on the device it
-    was granted (:func:`detector.probe.on_device`: the spec itself, or with the test-only
-    ``FACEPREP_TEST_GPU_ON_CPU=1`` the CPU, so that an actor granted a logical GPU runs in CI).
-    The class keeps the predictor's name (Ray names the actors after it)."""
+    ``detector`` :class:`~detector.spec.DetectorSpec`) that builds its detector from weights its
+    node has and on the device it was granted.
+
+    Constructor: ``asked_weights`` (what the user named; :func:`detector.probe.weights_on_node`:
+    the driver's file where the node has it, else the node's own ``FACEPREP_WEIGHTS`` / cache /
+    download), and the predictor's own. The device: :func:`detector.probe.on_device` (the spec
+    itself, or with the test-only ``FACEPREP_TEST_GPU_ON_CPU=1`` the CPU, so that an actor granted
+    a logical GPU runs in CI). The class keeps the predictor's name (Ray names the actors after it)."""
 
     class OnGrantedDevice(predictor):
-        def __init__(self, *, detector: Any, **kwargs: Any) -> None:
-            super().__init__(detector=on_device(detector), **kwargs)
+        def __init__(self, *, detector: Any, asked_weights: str | None = None, **kwargs: Any) -> None:
+            super().__init__(detector=on_device(weights_on_node(detector, asked_weights)), **kwargs)
 
     OnGrantedDevice.__name__, OnGrantedDevice.__qualname__ = predictor.__name__, predictor.__qualname__
     OnGrantedDevice.__doc__ = predictor.__doc__

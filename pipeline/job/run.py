@@ -111,7 +111,8 @@ def device_spec(detector: DetectorSpec, device: str) -> DetectorSpec:
     return dataclasses.replace(spec, precision="fp16" if runtime == "torch" else "fp32")
 
 
-def probe_gpu(spec: DetectorSpec, *, recognizer=None, timeout_s: float = GPU_PROBE_TIMEOUT_S) -> None:
+def probe_gpu(spec: DetectorSpec, *, recognizer=None, asked_weights: str | None = None,
+              timeout_s: float = GPU_PROBE_TIMEOUT_S) -> None:
     """One Ray task granted one GPU builds the detector (and ``recognizer``, an
     :class:`~pipeline.verification.recognizer.OnnxRecognizerConfig` as the actors get it) on the
     device the actors will use, and checks that CUDA is what runs
@@ -128,7 +129,7 @@ def probe_gpu(spec: DetectorSpec, *, recognizer=None, timeout_s: float = GPU_PRO
     from detector.probe import check_device, worker_env
 
     task = ray.remote(num_gpus=1, max_retries=0)(check_device)
-    ref = (task.options(runtime_env=worker_env()) if worker_env() else task).remote(spec, recognizer)
+    ref = (task.options(runtime_env=worker_env()) if worker_env() else task).remote(spec, recognizer, asked_weights)
     try:
         problem = ray.get(ref, timeout=timeout_s)
     except GetTimeoutError:
@@ -182,8 +183,10 @@ def _build_dataset(todo: Sequence[tuple[str, str]], config: AlignJobConfig, plan
         predictor = IdentityCropPredictor if writer is not None else FaceEmbedPredictor
         if writer is None:
             extra["recognizer"] = actor_recognizer(config.recognizer, device=workers.device, threads=workers.threads)
-    if workers.gpus_per_actor:  # the test-only GPU_ON_CPU_ENV applies (detector.probe.on_device)
-        predictor = on_granted_device(predictor)
+    # weights from the node's own FACEPREP_WEIGHTS / cache where it lacks the driver's file; on a
+    # GPU, the test-only GPU_ON_CPU_ENV applies (detector.probe.on_device)
+    predictor = on_granted_device(predictor)
+    extra["asked_weights"] = config.detector.weights
     if workers.fused:  # CPU actors: read, decode, detect, align, write, all in the actor
         predictor = with_io(predictor)
         extra.update(read=read, write=write)
@@ -304,7 +307,7 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
         if final != asked:
             spec = check_detector(final, load=True)
         if device == "cuda":
-            probe_gpu(spec, recognizer=None if config.recognizer is None else
+            probe_gpu(spec, asked_weights=config.detector.weights, recognizer=None if config.recognizer is None else
                       actor_recognizer(config.recognizer, device=device, threads=config.threads))
         # what runs is what is recorded: the resolved runtime and precision, and the device
         fingerprint = {**config.fingerprint(spec), "device": device}
