@@ -170,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> AlignJobConfig:
         retry_resize=None if str(args.retry_resize).lower() in ("none", "off", "") else args.retry_resize,
         on_error="record",
     )
+    # the spec's device is a placeholder for auto: the driver resolves --device from the cluster's resources
+    # (pipeline.job.plan.resolve_device) and records what runs in job.json
     detector = spec_from_args(args, device="cpu" if args.device == "auto" else args.device)
     quality_filter = QualityFilter(
         min_eye_distance=args.min_eye_distance, min_box_size=args.min_box_size, max_yaw=args.max_yaw,

@@ -137,8 +137,9 @@ def test_object_store_budget_bounds_read_ahead_by_chunk_bytes(tmp_path):
     big = object_store_budget(eight, photo_bytes=3e6, cluster_cpus=8, cluster_object_store=40e9)
     assert big == (4 * 3 + 3) * MAX_BLOCK_BYTES  # blocks capped at Ray's block size
     gpu = plan_workers({"CPU": 16, "GPU": 1})  # decoded pixels; 14.5 free CPUs: 16 read tasks of 0.9
+    # read outputs count whole (32 x 6 MB = 192 MB per chunk, over Ray's 128 MiB block cap: several blocks)
     assert object_store_budget(gpu, photo_bytes=6e6, cluster_cpus=16, cluster_object_store=40e9) == \
-        (1 * 3 + 16) * MAX_BLOCK_BYTES
+        (1 * 3 + 16) * 32 * 6e6
     assert object_store_budget(cpu, photo_bytes=3e6, cluster_cpus=2, cluster_object_store=1e9) is None
     # the estimate: file sizes, or decoded pixels from the header; unreadable samples are skipped
     src = tmp_path / "raw"

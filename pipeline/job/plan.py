@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.images import ImageReadError, probe_image
+from detector.config import ResizePolicy
+from pipeline.images import ImageFormat, ImageReadError, draft_factor, probe_image
 from pipeline.job.config import JobConfigError
 
 __all__ = [
-    "MAX_BLOCK_BYTES", "MAX_INPUT_BLOCKS", "MIN_CHUNK", "MIN_OBJECT_STORE_BUDGET", "OBJECT_STORE_SHARE",
-    "TASKS_IN_FLIGHT_PER_ACTOR", "JobPlan", "WorkerPlan", "estimate_input_bytes", "guided_chunks",
-    "object_store_budget", "plan_workers",
+    "MAX_BLOCK_BYTES", "MAX_INPUT_BLOCKS", "MIN_CHUNK", "MIN_DECODE_CPUS_PER_GPU", "MIN_OBJECT_STORE_BUDGET",
+    "OBJECT_STORE_SHARE", "TASKS_IN_FLIGHT_PER_ACTOR", "JobPlan", "WorkerPlan", "estimate_input_bytes", "gpu_share",
+    "guided_chunks", "object_store_budget", "plan_workers", "resolve_device",
 ]
 
 MAX_INPUT_BLOCKS = 10_000
@@ -35,6 +36,14 @@ MIN_OBJECT_STORE_BUDGET = 256 * 2**20
 """Floor of the job's object-store budget (see :func:`object_store_budget`)."""
 OBJECT_STORE_SHARE = 0.5
 """Ray Data's own default: a dataset may use half of the cluster's object store."""
+MIN_DECODE_CPUS_PER_GPU = 4
+"""Fewer decoding CPUs per busy GPU than this gets a warning in the plan: one CPU decodes roughly
+50-100 photos/s from 12 MP JPEG drafts (a few hundred from VGA files), while the detector on one
+GPU takes thousands of VGA images/s (see ``benchmarks/bench_gpu.py``); with fewer, the GPU waits
+on decoding."""
+GPU_RESOURCE_STEP = 1e-4
+"""Ray's resolution of fractional resources: a share of ``1/k`` GPU is rounded down to it, so
+that ``k`` shares always fit on one GPU."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +71,9 @@ class WorkerPlan:
     decode_in_tasks: bool
     read_cpus: float
     write_cpus: float
+    actors_per_gpu: int = 0
+    notes: tuple[str, ...] = ()
+    """Warnings about the plan (idle or unevenly loaded GPUs, too few decoding CPUs); the driver logs them."""
 
     @property
     def fused(self) -> bool:
@@ -83,7 +95,8 @@ class WorkerPlan:
 
     def describe(self) -> str:
         where = f"{self.gpus_per_actor:g} GPU + " if self.gpus_per_actor else ""
-        return (f"{self.num_actors} {self.device} actor(s) x ({where}{self.cpus_per_actor:g} CPU, "
+        packed = f"{self.actors_per_gpu} per GPU, " if self.actors_per_gpu > 1 else ""
+        return (f"{self.num_actors} {self.device} actor(s) x ({packed}{where}{self.cpus_per_actor:g} CPU, "
                 f"{self.threads} runtime thread(s)), chunks of up to {self.batch_size} photos "
                 f"(detector calls of {self.detect_batch_size}); "
                 + (f"reading, decoding and writing in the actors" if self.fused else
@@ -95,8 +108,9 @@ def plan_workers(resources: Mapping[str, float], *, device: str = "auto", num_wo
                  decode: str = "auto") -> WorkerPlan:
     """Actor count, per-actor resources and batch size from what Ray sees.
 
-    GPUs: one actor per GPU (``num_gpus=1``, one CPU), batch 32; read/decode tasks use the
-    other CPUs. CPU only: one single-threaded actor per CPU (two threads each from 8 CPUs up),
+    GPUs: one actor per whole GPU (``num_gpus=1``, one CPU), batch 32; more actors than GPUs
+    (``num_workers``) share each GPU in equal ``1/k`` parts (:func:`gpu_share`); read/decode tasks
+    use the other CPUs (a note when fewer than :data:`MIN_DECODE_CPUS_PER_GPU` per GPU). CPU only: one single-threaded actor per CPU (two threads each from 8 CPUs up),
     sharing the CPUs minus a reserve of ``max(1, CPUs // 4)`` (fractional ``num_cpus``): the
     actor pool can never hold every CPU and starve the read/decode and write tasks that feed
     and drain it, and every core still has an inference process to run when decoding is idle.
@@ -122,15 +136,8 @@ def plan_workers(resources: Mapping[str, float], *, device: str = "auto", num_wo
         raise JobConfigError("Ray reports no CPUs; the job needs at least one")
     use_gpu = device.startswith("cuda") or (device == "auto" and gpus >= 1)
     if use_gpu:
-        if gpus < 1:
-            raise JobConfigError("--device cuda, but Ray sees no GPU")
-        n = num_workers or max(1, int(gpus))
-        per_actor = min(1.0, max(cpus - 1.0, 0.5) / n)
-        return WorkerPlan(device="cuda", num_actors=n, cpus_per_actor=round(per_actor, 4),
-                          gpus_per_actor=round(min(1.0, gpus / n), 4), threads=threads or 1,
-                          batch_size=batch_size or 32, detect_batch_size=batch_size or 32,
-                          decode_in_tasks=decode != "actors", read_cpus=_distinct(1.0, per_actor),
-                          write_cpus=0.5)
+        return _plan_gpu(cpus=cpus, gpus=gpus, num_workers=num_workers, batch_size=batch_size, threads=threads,
+                         decode=decode)
     reserve = min(max(1.0, math.floor(cpus / 4)), cpus / 2)
     threads = threads or (1 if cpus < 8 else 2)
     n = num_workers or max(1, int(cpus // threads))
@@ -139,6 +146,79 @@ def plan_workers(resources: Mapping[str, float], *, device: str = "auto", num_wo
                       threads=threads, batch_size=batch_size or 64, detect_batch_size=1,
                       decode_in_tasks=decode == "tasks", read_cpus=_distinct(min(0.5, reserve / 2), per_actor),
                       write_cpus=min(0.25, reserve / 4))
+
+
+def resolve_device(device: str, resources: Mapping[str, float]) -> str:
+    """The device the actors run on, ``"cpu"`` or ``"cuda"``, from the cluster's resources as Ray
+    reports them when the job starts: ``auto`` is CUDA when Ray has at least one whole GPU (what
+    :func:`plan_workers` then plans). ``cuda:N`` is ``cuda``: Ray gives each actor its own GPU.
+
+    Raises:
+        JobConfigError: CUDA asked, and Ray sees no GPU.
+    """
+    gpus = float(resources.get("GPU", 0.0))
+    if device == "cpu":
+        return "cpu"
+    if str(device).startswith("cuda"):
+        if gpus < 1:
+            raise JobConfigError(f"--device {device}, but Ray sees no GPU (GPU resources: {gpus:g}); "
+                                 "use --device cpu or auto")
+        return "cuda"
+    if device != "auto":
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return "cuda" if gpus >= 1 else "cpu"
+
+
+def gpu_share(num_actors: int, gpus: float) -> tuple[float, int]:
+    """``(GPU per actor, actors per GPU)`` for ``num_actors`` actors on ``gpus`` GPUs: one whole
+    GPU each while there are GPUs enough, else ``1/k`` of a GPU with ``k = ceil(num_actors /
+    whole GPUs)`` actors per GPU, an integer, so that the shares pack: ``gpus / n`` would give 3
+    actors on 2 GPUs 0.667 GPU each, and the third would never start (only one fits per GPU).
+    The share is rounded down to :data:`GPU_RESOURCE_STEP` (``k`` shares never exceed one GPU).
+    A fraction of a GPU left over (``gpus=2.5``) is not used.
+
+    Raises:
+        JobConfigError: no whole GPU.
+    """
+    if num_actors < 1:
+        raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+    whole = int(gpus + 1e-9)
+    if whole < 1:
+        raise JobConfigError(f"--device cuda, but Ray sees no GPU (GPU resources: {gpus:g})")
+    if num_actors <= whole:
+        return 1.0, 1
+    per_gpu = math.ceil(num_actors / whole)
+    return round(math.floor(1.0 / per_gpu / GPU_RESOURCE_STEP) * GPU_RESOURCE_STEP, 4), per_gpu
+
+
+def _plan_gpu(*, cpus: float, gpus: float, num_workers: int | None, batch_size: int | None,
+              threads: int | None, decode: str) -> WorkerPlan:
+    """The GPU layout (see :func:`plan_workers`): packed GPU shares (:func:`gpu_share`), up to one
+    CPU per actor, a write-task reserve of half a CPU, and every other CPU for the read tasks that
+    decode; notes when GPUs stay idle, are unevenly loaded, or have fewer than
+    :data:`MIN_DECODE_CPUS_PER_GPU` decoding CPUs each."""
+    whole = int(gpus + 1e-9)
+    n = num_workers or max(1, whole)
+    share, per_gpu = gpu_share(n, gpus)
+    per_actor = round(min(1.0, max(cpus - 1.0, 0.5) / n), 4)
+    write_cpus = 0.5
+    read_cpus = _distinct(1.0, per_actor)
+    notes = []
+    busy = min(n, whole)
+    if n < whole:
+        notes.append(f"{n} actor(s) on {whole} GPUs: {whole - n} GPU(s) stay idle")
+    elif n % whole:
+        notes.append(f"{n} actors on {whole} GPUs ({per_gpu} per GPU): some GPUs run fewer actors than others; "
+                     f"a multiple of {whole} actors loads them evenly")
+    decode_cpus = cpus - n * per_actor - write_cpus
+    if decode != "actors" and decode_cpus / busy < MIN_DECODE_CPUS_PER_GPU:
+        notes.append(f"{max(decode_cpus, 0):g} CPU(s) left for decoding {busy} busy GPU(s) "
+                     f"({max(decode_cpus, 0) / busy:.1f} per GPU, fewer than {MIN_DECODE_CPUS_PER_GPU}): "
+                     "the GPUs will wait on decoding; more CPUs per GPU feed them")
+    return WorkerPlan(device="cuda", num_actors=n, cpus_per_actor=per_actor, gpus_per_actor=share,
+                      threads=threads or 1, batch_size=batch_size or 32, detect_batch_size=batch_size or 32,
+                      decode_in_tasks=decode != "actors", read_cpus=read_cpus, write_cpus=write_cpus,
+                      actors_per_gpu=per_gpu, notes=tuple(notes))
 
 
 def guided_chunks(total: int, *, workers: int, max_size: int, min_size: int = 1) -> list[int]:
@@ -168,9 +248,13 @@ def guided_chunks(total: int, *, workers: int, max_size: int, min_size: int = 1)
     return sizes
 
 
-def estimate_input_bytes(src: Path, rels: Sequence[str], *, decoded: bool, sample: int = 64) -> float:
+def estimate_input_bytes(src: Path, rels: Sequence[str], *, decoded: bool, sample: int = 64,
+                         draft: ResizePolicy | None = None) -> float:
     """Mean bytes one photo occupies between the read tasks and the actors: the file size, or
-    the decoded ``H x W x 3`` pixels when the read tasks decode. Measured on up to ``sample``
+    the decoded ``H x W x 3`` pixels when the read tasks decode; with ``draft`` (the detector's
+    resize policy, when the read tasks decode JPEG drafts at the detection size, see
+    :func:`pipeline.job.stages.read_images`), a JPEG the policy shrinks 2x or more counts as its
+    draft's pixels plus the file (shipped for full-size crops of small faces). Measured on up to ``sample``
     photos drawn from ``rels`` (seeded, so a rerun plans the same; a ``stat`` each; for pixels, a
     header read of the first 256 KiB). Unreadable samples and anything but a regular file (a FIFO
     would block the read) are ignored; with none left, 1 MiB (files) or 12 MiB (pixels)."""
@@ -189,7 +273,11 @@ def estimate_input_bytes(src: Path, rels: Sequence[str], *, decoded: bool, sampl
                 continue
             with open(path, "rb") as f:
                 info = probe_image(f.read(256 * 1024), source=rel)
-            sizes.append(float(info.height * info.width * 3))
+            factor = 1
+            if draft is not None and info.format is ImageFormat.JPEG:
+                factor = draft_factor(info.height, info.width, draft.scale(info.height, info.width))
+            pixels = math.ceil(info.height / factor) * math.ceil(info.width / factor) * 3
+            sizes.append(float(pixels + (st.st_size if factor > 1 else 0)))
         except (OSError, ImageReadError):
             continue
     if not sizes:
@@ -203,8 +291,12 @@ def object_store_budget(plan: WorkerPlan, *, photo_bytes: float, cluster_cpus: f
 
     Room for every actor's running and queued chunks (``TASKS_IN_FLIGHT_PER_ACTOR``) plus one
     more each, and for the output of every read task that can run at once on the CPUs the actors
-    leave free: blocks of ``batch_size x photo_bytes``, each at most :data:`MAX_BLOCK_BYTES`; at
-    least :data:`MIN_OBJECT_STORE_BUDGET`. Without a budget Ray Data lets the read tasks run
+    leave free: chunks of ``batch_size x photo_bytes``; at least :data:`MIN_OBJECT_STORE_BUDGET`.
+    When the read tasks decode (GPU actors) a chunk is counted whole: Ray splits a read output
+    larger than :data:`MAX_BLOCK_BYTES` into several blocks, but they are all held until the actor
+    takes the chunk (counting one capped block per chunk let 16 CPUs keep only one or two read tasks
+    going with 12 MP photos). Otherwise the blocks count at most :data:`MAX_BLOCK_BYTES` each (the
+    actors read their files themselves; only names and results travel). Without a budget Ray Data lets the read tasks run
     ahead until half the object store is full: on a small job that is every input photo held in
     memory, and memory would grow with the job's size. ``None`` where the budget would not be
     below Ray's default anyway.
@@ -212,7 +304,8 @@ def object_store_budget(plan: WorkerPlan, *, photo_bytes: float, cluster_cpus: f
     free_cpus = cluster_cpus - plan.num_actors * plan.cpus_per_actor - plan.write_cpus
     read_tasks = max(1, math.floor(free_cpus / plan.read_cpus + 1e-9)) if plan.read_cpus > 0 else 1
     blocks = plan.num_actors * (TASKS_IN_FLIGHT_PER_ACTOR + 1) + read_tasks
-    block = min(MAX_BLOCK_BYTES, max(1.0, plan.batch_size * photo_bytes))
+    chunk = max(1.0, plan.batch_size * photo_bytes)
+    block = chunk if plan.decode_in_tasks else min(MAX_BLOCK_BYTES, chunk)
     budget = max(MIN_OBJECT_STORE_BUDGET, int(blocks * block))
     if cluster_object_store and budget >= OBJECT_STORE_SHARE * cluster_object_store:
         return None
@@ -228,24 +321,33 @@ def _distinct(value: float, other: float) -> float:
 
 @dataclass(frozen=True, kw_only=True)
 class JobPlan:
-    """One run's whole plan: the workers, the chunk sizes, and the object-store budget."""
+    """One run's whole plan: the workers, the chunk sizes, the object-store budget, and whether the
+    read tasks decode JPEG drafts at the detection size (``drafts``)."""
 
     workers: WorkerPlan
     chunks: tuple[int, ...]
     budget: int | None
+    drafts: bool = False
 
     @classmethod
     def make(cls, resources: Mapping[str, float], *, todo: Sequence[str], src: Path, device: str,
-             num_workers: int | None, batch_size: int | None, threads: int | None, decode: str) -> "JobPlan":
+             num_workers: int | None, batch_size: int | None, threads: int | None, decode: str,
+             draft: ResizePolicy | None = None) -> "JobPlan":
+        """``draft``: the detector's resize policy when the read tasks decode JPEG drafts (see
+        :func:`estimate_input_bytes`)."""
         workers = plan_workers(resources, device=device, num_workers=num_workers, batch_size=batch_size,
                                threads=threads, decode=decode)
         chunks = workers.chunks(len(todo))
         workers = workers.fitted(chunks)
-        photo_bytes = estimate_input_bytes(src, todo, decoded=workers.decode_in_tasks)
+        photo_bytes = estimate_input_bytes(src, todo, decoded=workers.decode_in_tasks,
+                                           draft=draft if workers.decode_in_tasks else None)
         budget = object_store_budget(workers, photo_bytes=photo_bytes, cluster_cpus=float(resources.get("CPU", 0)),
                                      cluster_object_store=resources.get("object_store_memory"))
-        return cls(workers=workers, chunks=tuple(chunks), budget=budget)
+        return cls(workers=workers, chunks=tuple(chunks), budget=budget,
+                   drafts=draft is not None and workers.decode_in_tasks)
 
     def describe(self) -> str:
         text = self.workers.describe()
-        return text + (f"; object store budget {self.budget / 2**20:.0f} MiB" if self.budget is not None else "")
+        text += "; the read tasks ship uint8 JPEG drafts at the detection size" if self.drafts else ""
+        text += f"; object store budget {self.budget / 2**20:.0f} MiB" if self.budget is not None else ""
+        return text + "".join(f"; note: {note}" for note in self.workers.notes)

@@ -55,7 +55,7 @@ def _unchunk(column: Sequence[Any]) -> list[bytes]:
 
 
 def read_images(batch: dict[str, np.ndarray], *, src_root: str, decode: bool, max_pixels: int | None,
-                exif_orientation: bool) -> pa.Table:
+                exif_orientation: bool, draft: Any = None) -> pa.Table:
     """Read (and, with ``decode``, decode) one batch of files: a CPU task; never raises for a
     bad file.
 
@@ -70,8 +70,17 @@ def read_images(batch: dict[str, np.ndarray], *, src_root: str, decode: bool, ma
     empty on error),
     ``height``/``width`` (0 when not decoded) and ``error`` ("" or the reason). Pixels travel
     as a plain binary column with their shape beside it, never as an Arrow tensor column.
+
+    ``draft`` (with ``decode``; the detector's :class:`detector.config.ResizePolicy`): a JPEG the
+    policy shrinks 2x or more is decoded as a draft at about the detection size; ``pixels`` then
+    holds the draft (uint8), ``height``/``width`` its size, ``full_height``/``full_width`` the
+    photo's, and ``data`` the file's bytes (see :mod:`pipeline.job.feed`).
     """
+    from pipeline.job.feed import decode_for_detection
+
     sources, stems = _unchunk(batch["src"]), _unchunk(batch["stem"])
+    drafts: list[bytes] = []
+    fulls: list[tuple[int, int]] = []
     data: list[bytes] = []
     heights: list[int] = []
     widths: list[int] = []
@@ -85,11 +94,22 @@ def read_images(batch: dict[str, np.ndarray], *, src_root: str, decode: bool, ma
                 raise ImageReadError(rel, "not a regular file")
             with open(path, "rb") as f:
                 raw = f.read()
-            if decode:
+            pixels, full = b"", (0, 0)
+            if decode and draft is not None:
+                image, drafted = decode_for_detection(raw, source=rel, resize=draft, max_pixels=max_pixels,
+                                                      exif_orientation=exif_orientation)
+                if drafted is None:
+                    raw = image.tobytes()
+                else:
+                    pixels, full = image.tobytes(), drafted
+                h, w = image.shape[:2]
+            elif decode:
                 image = decode_image(raw, source=rel, max_pixels=max_pixels, exif_orientation=exif_orientation)
                 raw, (h, w) = image.tobytes(), image.shape[:2]
             else:
                 h = w = 0
+            drafts.append(pixels)
+            fulls.append(full)
             data.append(raw)
             heights.append(h)
             widths.append(w)
@@ -102,6 +122,8 @@ def read_images(batch: dict[str, np.ndarray], *, src_root: str, decode: bool, ma
         except Exception as e:  # a decoder bug on one file must not fail the batch: record it
             message = f"unexpected {type(e).__name__} while reading: {e}"
         data.append(b"")
+        drafts.append(b"")
+        fulls.append((0, 0))
         heights.append(0)
         widths.append(0)
         errors.append(_text(message))
@@ -113,6 +135,10 @@ def read_images(batch: dict[str, np.ndarray], *, src_root: str, decode: bool, ma
         "width": pa.array(widths, pa.int32()),
         "error": pa.array(errors, pa.string()),
     })
+    if draft is not None and decode:
+        table = table.append_column("pixels", pa.array(drafts, pa.large_binary()))
+        table = table.append_column("full_height", pa.array([f[0] for f in fulls], pa.int32()))
+        table = table.append_column("full_width", pa.array([f[1] for f in fulls], pa.int32()))
     if "identity" in batch:  # per-photo JSON of the identity pass (pipeline.job.identity), passed through
         texts = [t for value in batch["identity"] for t in ([value] if isinstance(value, str) else value)]
         table = table.append_column("identity", pa.array([str(t) for t in texts], pa.string()))
