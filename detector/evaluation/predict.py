@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ def write_detections(out_dir: str | os.PathLike[str], image_key: str, boxes_xyxy
 
 def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                        detect: Callable[[list[np.ndarray]], Sequence[Any]], *, batch_size: int = 8,
-                       progress: bool = True) -> list[str]:
+                       progress: bool = True, keys: Collection[str] | None = None) -> list[str]:
     """Run ``detect`` over ``<images_dir>/<event>/<image>`` and write a submission folder.
 
     Args:
@@ -39,6 +39,8 @@ def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.Pat
             (e.g. ``Detector.detect``).
         batch_size: images per ``detect`` call. Only images of identical size share a batch, so
             batching never pads an image (padding would change the network's border responses).
+        keys: only these ``"<event>/<name>"`` images (``None``: all); a key with no image file
+            under ``images_dir`` is an error.
 
     Returns:
         The ``"<event>/<name>"`` keys written, in processing order.
@@ -50,6 +52,13 @@ def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.Pat
     files = iter_image_files(images_dir)
     if not files:
         raise FileNotFoundError(f"no images under {images_dir}/<event>/")
+    if keys is not None:
+        wanted = set(keys)
+        files = [(key, path) for key, path in files if key in wanted]
+        if len(files) != len(wanted):
+            found = {key for key, _ in files}
+            missing = sorted(wanted - found)
+            raise FileNotFoundError(f"{len(missing)} requested images are not under {images_dir}, e.g. {missing[0]}")
     by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
     written: list[str] = []
 
