@@ -46,11 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detector.evaluation.predict import iter_image_files, predict_submission  # noqa: E402
+from detector.evaluation.predict import iter_image_files, predict_submission, select_images  # noqa: E402
 from detector.evaluation.submission import SETTINGS, load_ground_truth  # noqa: E402
 from detector.evaluation.widerface import evaluate_folder  # noqa: E402
 
-__all__ = ["BenchConfig", "CONFIGS", "PUBLISHED", "main", "select_images"]
+__all__ = ["BenchConfig", "CONFIGS", "PUBLISHED", "main"]
 
 #: published WIDER val AP (%), easy / medium / hard
 PUBLISHED: dict[str, tuple[str, tuple[float, float, float]]] = {
@@ -101,22 +101,6 @@ CONFIGS: dict[str, BenchConfig] = {
     "default-tta": BenchConfig(family="ours", runtime="auto", precision="auto", resize="original", tta=True,
                                note="flip + short sides 500..1700, box voting"),
 }
-
-
-def select_images(keys: list[str], *, every: int = 1, events: set[str] | None = None) -> list[str]:
-    """Every ``every``-th key of each event (keys sorted, the first kept), optionally only ``events``
-    (event names such as ``0--Parade`` or their numbers ``0``)."""
-    if every < 1:
-        raise ValueError(f"--every must be >= 1, got {every}")
-    by_event: dict[str, list[str]] = {}
-    for key in sorted(keys):
-        by_event.setdefault(key.split("/", 1)[0], []).append(key)
-    out = []
-    for event, names in by_event.items():
-        if events is not None and event not in events and event.split("--", 1)[0] not in events:
-            continue
-        out.extend(names[::every])
-    return out
 
 
 def _spec(cfg: BenchConfig, args: argparse.Namespace):

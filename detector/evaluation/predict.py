@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from detector.evaluation.submission import _IMAGE_EXTENSIONS, _strip_image_extension, _to_numpy, write_prediction_file
 
-__all__ = ["iter_image_files", "predict_submission", "write_detections"]
+__all__ = ["iter_detections", "iter_image_files", "predict_submission", "select_images", "write_detections"]
 
 
 def write_detections(out_dir: str | os.PathLike[str], image_key: str, boxes_xyxy: Any, scores: Any) -> Path:
@@ -28,10 +28,10 @@ def write_detections(out_dir: str | os.PathLike[str], image_key: str, boxes_xyxy
     return write_prediction_file(Path(out_dir) / event / f"{name}.txt", name, values)
 
 
-def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                       detect: Callable[[list[np.ndarray]], Sequence[Any]], *, batch_size: int = 8,
-                       progress: bool = True, keys: Collection[str] | None = None) -> list[str]:
-    """Run ``detect`` over ``<images_dir>/<event>/<image>`` and write a submission folder.
+def iter_detections(images_dir: str | os.PathLike[str], detect: Callable[[list[np.ndarray]], Sequence[Any]], *,
+                    batch_size: int = 8, progress: bool = True,
+                    keys: Collection[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """Run ``detect`` over ``<images_dir>/<event>/<image>``; yields ``("<event>/<name>", result)``.
 
     Args:
         detect: maps a list of ``HxWx3`` uint8 BGR images to one result per image, each with
@@ -42,8 +42,7 @@ def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.Pat
         keys: only these ``"<event>/<name>"`` images (``None``: all); a key with no image file
             under ``images_dir`` is an error.
 
-    Returns:
-        The ``"<event>/<name>"`` keys written, in processing order.
+    Results come in processing order (a batch is flushed when it is full, the rest at the end).
     """
     import cv2
 
@@ -56,21 +55,17 @@ def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.Pat
         wanted = set(keys)
         files = [(key, path) for key, path in files if key in wanted]
         if len(files) != len(wanted):
-            found = {key for key, _ in files}
-            missing = sorted(wanted - found)
+            missing = sorted(wanted - {key for key, _ in files})
             raise FileNotFoundError(f"{len(missing)} requested images are not under {images_dir}, e.g. {missing[0]}")
     by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
-    written: list[str] = []
 
-    def flush(shape: tuple[int, ...]) -> None:
+    def flush(shape: tuple[int, ...]) -> list[tuple[str, Any]]:
         items = by_shape.pop(shape)
         results = detect([img for _, img in items])
         if len(results) != len(items):
             raise RuntimeError(f"detect returned {len(results)} results for {len(items)} images")
-        for (key, _), det in zip(items, results, strict=True):
-            write_detections(out_dir, key, det.boxes, det.scores)
-            written.append(key)
         bar.update(len(items))
+        return [(key, det) for (key, _), det in zip(items, results, strict=True)]
 
     with tqdm(total=len(files), desc="detecting", unit="img", disable=not progress) as bar:
         for key, path in files:
@@ -79,10 +74,42 @@ def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.Pat
                 raise ValueError(f"{path}: not a readable image")
             by_shape.setdefault(image.shape, []).append((key, image))
             if len(by_shape[image.shape]) >= batch_size:
-                flush(image.shape)
+                yield from flush(image.shape)
         for shape in list(by_shape):
-            flush(shape)
+            yield from flush(shape)
+
+
+def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                       detect: Callable[[list[np.ndarray]], Sequence[Any]], *, batch_size: int = 8,
+                       progress: bool = True, keys: Collection[str] | None = None) -> list[str]:
+    """Run ``detect`` over ``<images_dir>/<event>/<image>`` (:func:`iter_detections`) and write a
+    submission folder ``<out_dir>/<event>/<name>.txt``.
+
+    Returns:
+        The ``"<event>/<name>"`` keys written, in processing order.
+    """
+    written: list[str] = []
+    for key, det in iter_detections(images_dir, detect, batch_size=batch_size, progress=progress, keys=keys):
+        write_detections(out_dir, key, det.boxes, det.scores)
+        written.append(key)
     return written
+
+
+def select_images(keys: Iterable[str], *, every: int = 1, events: Collection[str] | None = None) -> list[str]:
+    """A fixed subset of ``"<event>/<name>"`` keys: every ``every``-th key of each event (keys
+    sorted, the first one kept), optionally only the ``events`` (names such as ``0--Parade`` or their
+    numbers ``0``). Sorted."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    by_event: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        by_event.setdefault(key.split("/", 1)[0], []).append(key)
+    out: list[str] = []
+    for event, names in by_event.items():
+        if events is not None and event not in events and event.split("--", 1)[0] not in events:
+            continue
+        out.extend(names[::every])
+    return out
 
 
 def iter_image_files(images_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
