@@ -73,3 +73,13 @@ def test_subsets_are_every_nth_image_per_event(tmp_path: Path):
 def test_unknown_configuration_is_refused(tmp_path: Path):
     with pytest.raises(SystemExit, match="unknown configuration"):
         main(["--images", str(asset(IMAGES)), "--configs", "torch-fp64", "--out", str(tmp_path)])
+
+
+def test_degenerate_boxes_are_written_with_size_zero(tmp_path: Path):
+    from detector.evaluation.predict import write_detections, xyxy_to_xywh
+    from detector.evaluation.submission import read_prediction_file
+
+    boxes = [[10.0, 20.0, 30.0, 60.0], [5.0, 5.0, 5.0 - 1.220703125e-4, 9.0]]  # SCRFD decoded x2 < x1
+    assert xyxy_to_xywh(boxes).tolist() == [[10.0, 20.0, 20.0, 40.0], [5.0, 5.0, 0.0, 4.0]]
+    path = write_detections(tmp_path, "0--Parade/x", boxes, [0.9, 0.1])
+    assert read_prediction_file(path)[1].tolist() == [[10.0, 20.0, 20.0, 40.0, 0.9], [5.0, 5.0, 0.0, 4.0, 0.1]]

@@ -12,18 +12,26 @@ from tqdm import tqdm
 
 from detector.evaluation.submission import _IMAGE_EXTENSIONS, _strip_image_extension, _to_numpy, write_prediction_file
 
-__all__ = ["iter_detections", "iter_image_files", "predict_submission", "select_images", "write_detections"]
+__all__ = ["iter_detections", "iter_image_files", "predict_submission", "select_images", "write_detections",
+           "xyxy_to_xywh"]
+
+
+def xyxy_to_xywh(boxes_xyxy: Any) -> np.ndarray:
+    """``float64 [N, 4]`` ``x y w h = x1, y1, max(x2 - x1, 0), max(y2 - y1, 0)`` of ``[N, 4]`` boxes
+    (array or tensor). Degenerate boxes (a distance-coded detector such as SCRFD can decode
+    ``x2 = x1 - 1e-4``) get size 0 rather than a negative one, which the protocol's files refuse."""
+    b = _to_numpy(boxes_xyxy).reshape(-1, 4)
+    return np.concatenate([b[:, :2], np.maximum(b[:, 2:] - b[:, :2], 0.0)], axis=1)
 
 
 def write_detections(out_dir: str | os.PathLike[str], image_key: str, boxes_xyxy: Any, scores: Any) -> Path:
     """Write one image's detections (``[N, 4]`` x1 y1 x2 y2, ``[N]``; arrays or tensors) as
-    ``<out_dir>/<event>/<name>.txt`` with ``x y w h = x1, y1, x2 - x1, y2 - y1``."""
+    ``<out_dir>/<event>/<name>.txt`` with ``x y w h`` from :func:`xyxy_to_xywh`."""
     event, sep, name = image_key.replace("\\", "/").rpartition("/")
     if not sep or not event:
         raise ValueError(f"image keys must be '<event>/<image>', got {image_key!r}")
-    b = _to_numpy(boxes_xyxy).reshape(-1, 4)
     s = _to_numpy(scores).reshape(-1, 1)
-    values = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2], s], axis=1)
+    values = np.concatenate([xyxy_to_xywh(boxes_xyxy), s], axis=1)
     name = _strip_image_extension(name)
     return write_prediction_file(Path(out_dir) / event / f"{name}.txt", name, values)
 

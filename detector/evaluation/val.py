@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.evaluation.predict import iter_detections, iter_image_files, select_images
+from detector.evaluation.predict import iter_detections, iter_image_files, select_images, xyxy_to_xywh
 from detector.evaluation.submission import WiderFaceGroundTruth, load_ground_truth
 from detector.evaluation.widerface import WiderFaceEvaluator, WiderFaceResult
 
@@ -66,7 +66,7 @@ class WiderValSet:
         evaluator = WiderFaceEvaluator(ground_truth=gt)
         for key, det in iter_detections(self.images_dir, detect, batch_size=self.batch_size, progress=progress,
                                         keys=self.keys()):
-            evaluator.process(key, det.boxes, det.scores, box_format="xyxy")
+            evaluator.process(key, xyxy_to_xywh(det.boxes), det.scores, box_format="xywh")
         return evaluator.compute()
 
     def to_dict(self) -> dict[str, Any]:
