@@ -69,6 +69,14 @@ class WiderValSet:
             evaluator.process(key, xyxy_to_xywh(det.boxes), det.scores, box_format="xywh")
         return evaluator.compute()
 
+    def evaluate_model(self, model: Any, *, device: Any = "cpu") -> WiderFaceResult:
+        """:meth:`evaluate` of a RetinaFace ``nn.Module`` with the reference postprocessing (a fused
+        copy runs; ``model`` itself is not changed)."""
+        from detector.inference import Detector, PostprocessConfig
+
+        detector = Detector(model, device=device, resize=self.resize, postprocess=PostprocessConfig())
+        return self.evaluate(detector.detect)
+
     def to_dict(self) -> dict[str, Any]:
         return {"images_dir": os.fspath(self.images_dir), "gt_dir": os.fspath(self.gt_dir), "every": self.every,
                 "resize": self.resize, "batch_size": self.batch_size, "every_epochs": self.every_epochs}

@@ -469,13 +469,9 @@ class Trainer:
         """WIDER FACE val AP of the current weights (rank 0; ``None`` on other ranks or without ``val``)."""
         if self.rank != 0 or self.val is None:
             return None
-        from detector.inference import Detector, PostprocessConfig
-
         start = time.perf_counter()
-        detector = Detector(self.model_without_ddp, device=self.device, resize=self.val.resize,
-                            postprocess=PostprocessConfig())
         try:
-            result = self.val.evaluate(detector.detect)
+            result = self.val.evaluate_model(self.model_without_ddp, device=self.device)
         finally:
             self._train_mode()
         record = {"step": self.step, "epoch": self.epoch,
