@@ -318,7 +318,7 @@ def test_mixed_size_batch_keeps_order_and_results(onnx_detectors, detector, runt
 
 
 def test_openvino_bf16_keeps_the_faces(exported_onnx, golden_results):
-    """OpenVINO bf16 (MobileNet's trunk kept in f32; FPN, SSH and heads in bf16) against fp32 on the
+    """OpenVINO bf16 (MobileNet's stem and depthwise convolutions kept in f32) against fp32 on the
     golden photos: every fp32 face at score >= 0.5 found at IoU >= 0.7, landmark error median
     <= 0.5 % and p95 <= 1.5 % of the box width."""
     import re
@@ -339,7 +339,7 @@ def test_openvino_bf16_keeps_the_faces(exported_onnx, golden_results):
             precision = rt["runtimePrecision"].astype(str)
             assert precision == ("f32" if keep.search(name) else "bf16"), name
             kept[precision] += 1
-    assert kept == {"f32": 27, "bf16": 29}, kept  # the trunk's 27 convolutions; FPN 5, SSH 15, heads 9
+    assert kept["f32"] >= 14 and kept["bf16"] > 30, kept  # stem + 13 depthwise; pointwise, FPN, SSH, heads
 
     found = total = 0
     errors = []
