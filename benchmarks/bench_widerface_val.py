@@ -210,8 +210,9 @@ def run_config(name: str, args: argparse.Namespace, subset: list[str], todo_filt
     return record
 
 
-def format_table(records: dict[str, dict[str, Any]]) -> str:
-    """The table: AP in %, images/s, the published figures and the difference to them."""
+def format_table(records: dict[str, dict[str, Any]], *, full: bool = True) -> str:
+    """The table: AP in %, images/s, and (``full``: the whole validation set) the published figures
+    and the difference to them; AP over a subset is not comparable with them."""
     lines = [f"{'configuration':28s} {'runtime/precision':22s} {'resize':9s} {'images':>6s} "
              f"{'easy':>6s} {'medium':>6s} {'hard':>6s} {'img/s':>6s}  published (easy/medium/hard; diff)"]
     for name, r in records.items():
@@ -219,7 +220,7 @@ def format_table(records: dict[str, dict[str, Any]]) -> str:
         ap = [100 * r["ap"][s] for s in SETTINGS]
         ips = r["images_per_second"]
         pub = ""
-        if r.get("published"):
+        if r.get("published") and full:
             label, ref = PUBLISHED[r["published"]]
             pub = (f"{ref[0]:.2f}/{ref[1]:.2f}/{ref[2]:.2f} {label}; "
                    + "/".join(f"{a - p:+.2f}" for a, p in zip(ap, ref)))
@@ -227,6 +228,8 @@ def format_table(records: dict[str, dict[str, Any]]) -> str:
                      f"{r['images']:6d} {ap[0]:6.2f} {ap[1]:6.2f} {ap[2]:6.2f} "
                      f"{(f'{ips:6.2f}' if ips else '     -')}  {pub}")
     label, ref = PUBLISHED["yunet"]
+    if not full:
+        return "\n".join(lines + ["(a subset: the published full-set figures are not comparable)"])
     lines.append(f"{'(YuNet, not run)':28s} {'':22s} {'':9s} {'':6s} {ref[0]:6.2f} {ref[1]:6.2f} {ref[2]:6.2f} "
                  f"{'':6s}  {label}")
     return "\n".join(lines)
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = _load_json(args.out / args.subset_tag / name / "result.json")
         if rec is not None:
             records[name] = rec
-    print(format_table(records))
+    print(format_table(records, full=args.subset_tag == "full" and len(subset) == gt.num_images))
     table = {"subset": args.subset_tag, "every": args.every, "images": len(subset), "images_dir": str(args.images),
              "published": {k: {"label": v[0], "easy": v[1][0], "medium": v[1][1], "hard": v[1][2]}
                            for k, v in PUBLISHED.items()},
