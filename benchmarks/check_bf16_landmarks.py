@@ -11,7 +11,8 @@ Variants (``--variants``, default ``before`` and ``after``):
 
 * ``before``: the f32 patterns shipped before issue 23 (stem and depthwise convolutions only),
 * ``after``: :meth:`detector.onnx_runtime.OnnxRetinaFace.bf16_keep_f32` as it is now,
-* ``plain``: no pattern (everything in bf16), or any ``name=regex;regex`` given on the command line.
+* ``stage1`` (stem + stage1 + the later depthwise convolutions), ``trunk`` (``^/body/``), ``plain`` (no
+  pattern: everything in bf16), or any ``name=regex;regex`` given on the command line.
 
 Photo sets: ``deepface`` (../shared/assets/verification/deepface, every photo), ``lfw`` (deep-funneled
 LFW, every ``--lfw-every``-th image of the sorted list, 1,101 images by default), ``wider`` (WIDER
@@ -40,6 +41,9 @@ from tests.shared import MOBILENET_WEIGHTS, asset  # noqa: E402  (the one locato
 
 #: the f32 patterns of MobileNet-0.25 under bf16 before issue 23: stem + depthwise convolutions
 BEFORE = (r"^/body/stage\d/stage\d\.\d+/stage\d\.\d+\.0/",)
+#: measured alternatives (docs/widerface.md): the stride-8 trunk + later depthwise convs; the whole trunk
+STAGE1 = (r"^/body/stage1/", r"^/body/stage[23]/stage\d\.\d+/stage\d\.\d+\.0/")
+TRUNK = (r"^/body/",)
 MIN_SCORE = 0.8
 MIN_WIDTH = 64.0
 
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default="deepface,lfw,wider", help="photo sets measured by this run")
     p.add_argument("--sizes", default="cap:640,long:640,original")
     p.add_argument("--variants", default="before,after",
-                   help="before, after, plain, or name=regex;regex (comma separated)")
+                   help="before, after, stage1, trunk, plain, or name=regex;regex (comma separated)")
     p.add_argument("--lfw-every", type=int, default=7)
     p.add_argument("--wider-every", type=int, default=8)
     p.add_argument("--wider-images", type=Path)
@@ -206,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             variants[v] = OnnxRetinaFace.bf16_keep_f32(get_preset("mobilenet0.25"))
         elif v == "plain":
             variants[v] = ()
+        elif v == "stage1":
+            variants[v] = STAGE1
+        elif v == "trunk":
+            variants[v] = TRUNK
         elif "=" in v:
             name, _, pats = v.partition("=")
             variants[name] = tuple(pats.split(";"))
