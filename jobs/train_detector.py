@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--init-backbone", type=Path, help="ImageNet backbone checkpoint to start from")
     init.add_argument("--init", type=Path, help="detector checkpoint (biubug6 .pth or ours) to start from")
     data.add_argument("--eval-labels", type=Path, default=None, help="label file for periodic recall evaluation")
+    data.add_argument("--val-images", type=Path, help="WIDER val images DIR/<event>/<image>.jpg: AP every epoch")
+    data.add_argument("--val-gt", type=Path, help="folder of the wider_*_val.mat files (with --val-images)")
 
     run = parser.add_argument_group("schedule")
     length = run.add_mutually_exclusive_group()
@@ -117,7 +119,8 @@ def config_from_args(argv: list[str] | None = None) -> TrainingJobConfig:
         return TrainingJobConfig(
             train=train_config_from_args(args), labels=args.labels, out=args.out,
             init_backbone=args.init_backbone, init=args.init, images_dir=args.images_dir,
-            eval_labels=args.eval_labels, resume=args.resume, num_workers=args.num_workers,
+            eval_labels=args.eval_labels, val_images=args.val_images, val_gt=args.val_gt,
+            resume=args.resume, num_workers=args.num_workers,
             use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, ray_address=args.ray_address,
             progress=not args.no_progress,
         )

@@ -254,3 +254,32 @@ def test_periodic_evaluation_logs_recall(tmp_path: Path):
     # the reference model finds all six (pseudo-)labelled faces of the group photo
     assert evaluation == [{"step": 1, "recall": 1.0, "faces": 6, "found": 6}]
     assert trainer.model.training  # back in training mode after evaluating
+
+
+def test_wider_val_reports_the_benchmarks_ap_per_epoch(tmp_path: Path):
+    from detector.evaluation.predict import predict_submission
+    from detector.evaluation.val import WiderValSet
+    from detector.evaluation.widerface import evaluate_folder
+    from detector.training.ray_job import TrainingJobConfig
+
+    config = small_config(max_steps=1, optimizer=OptimizerConfig(lr=1e-6), schedule=ScheduleConfig(),
+                          freeze_batchnorm=True)
+    val = WiderValSet(images_dir=asset("widerface/val/images"), gt_dir=asset("widerface/ground_truth"))
+    trainer = Trainer(config=config, model=build_training_model(config, init=asset(MOBILENET_WEIGHTS)),
+                      dataset=make_dataset(config), device="cpu", out_dir=tmp_path, val=val, progress=False)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "widerface_val" in r]
+    assert [(r["step"], r["widerface_val"]["images"]) for r in logged] == [(1, 4)]  # the run's end
+    assert trainer.model.training
+    # the same AP as the benchmark's path: a submission written for the trained weights, scored
+    detector = Detector(trainer.model_without_ddp, device="cpu")
+    predict_submission(val.images_dir, tmp_path / "pred", detector.detect, progress=False)
+    expected = evaluate_folder(tmp_path / "pred", gt_dir=val.gt_dir, progress=False)
+    for setting in ("easy", "medium", "hard"):
+        assert logged[0]["widerface_val"][setting] == pytest.approx(expected[setting], abs=1e-12)
+    # lr 1e-6 for one step: still the reference checkpoint's AP on these images (56.70 / 68.80 / 79.82 %)
+    assert logged[0]["widerface_val"]["hard"] == pytest.approx(0.7982, abs=0.002)
+    with pytest.raises(ValueError, match="val_images and val_gt go together"):
+        TrainingJobConfig(train=config, labels=asset(LABELS), out=tmp_path, init=asset(MOBILENET_WEIGHTS),
+                          val_images=asset("widerface/val/images"))

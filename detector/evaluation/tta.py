@@ -210,7 +210,7 @@ def detect_tta(detector: Detector, images: Sequence[np.ndarray], *,
                 landmarks.append(lm)
         voted = box_vote(np.concatenate(boxes), np.concatenate(scores), np.concatenate(landmarks),
                          iou_threshold=config.vote_iou, plus_one=config.plus_one, top_k=config.top_k)
-        device = detector.device
+        device = getattr(detector, "device", "cpu")  # the ONNX runtimes have none: CPU
 
         def to_tensor(x: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(x.astype(np.float32)).to(device)

@@ -17,12 +17,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detector.training.config import TrainConfig
 from detector.training.dataset import WiderFaceTrainDataset, parse_label_file
 from detector.training.model_init import build_training_model
 from detector.training.trainer import StepLog, Trainer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from detector.evaluation.val import WiderValSet
 
 __all__ = ["CONFIG_NAME", "TrainingJobConfig", "run_training_job", "train_loop_per_worker"]
 
@@ -44,6 +47,9 @@ class TrainingJobConfig:
         init: detector checkpoint (biubug6 ``.pth`` or ours) to start from (exactly one of the two).
         images_dir: image folder, if not ``images/`` beside ``labels``.
         eval_labels: label file for the recall evaluation every ``train.eval_every`` steps.
+        val_images: WIDER FACE val images (``<dir>/<event>/<image>.jpg``): easy / medium / hard AP
+            with the official protocol every epoch and at the end (rank 0, ``train_log.jsonl``);
+            needs ``val_gt``, the folder of the ``wider_*_val.mat`` files.
         resume: checkpoint to continue exactly (``"last"``: ``out/last.pt``; ``None``: start anew).
         num_workers: DDP workers (Ray Train).
         use_gpu: one GPU per worker.
@@ -60,6 +66,8 @@ class TrainingJobConfig:
     init: Path | None = None
     images_dir: Path | None = None
     eval_labels: Path | None = None
+    val_images: Path | None = None
+    val_gt: Path | None = None
     resume: Path | str | None = None
     num_workers: int = 1
     use_gpu: bool = False
@@ -68,7 +76,7 @@ class TrainingJobConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("labels", "out", "init_backbone", "init", "images_dir", "eval_labels"):
+        for name in ("labels", "out", "init_backbone", "init", "images_dir", "eval_labels", "val_images", "val_gt"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value).resolve())
@@ -83,6 +91,16 @@ class TrainingJobConfig:
             raise ValueError("num_workers and cpus_per_worker must be at least 1")
         if self.train.eval_every and self.eval_labels is None:
             raise ValueError("eval_every needs eval_labels")
+        if (self.val_images is None) != (self.val_gt is None):
+            raise ValueError("val_images and val_gt go together (the WIDER val images and their ground-truth folder)")
+
+    def val_set(self) -> "WiderValSet | None":
+        """The WIDER val set to score every epoch (``None`` without ``val_images``)."""
+        if self.val_images is None:
+            return None
+        from detector.evaluation.val import WiderValSet
+
+        return WiderValSet(images_dir=self.val_images, gt_dir=self.val_gt)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -123,6 +141,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         out_dir=job.out,
         resume_from=job.resume,
         eval_images=eval_images,
+        val=job.val_set(),
         progress=job.progress and rank == 0,
         on_log=report,
     )

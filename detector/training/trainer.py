@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import torch
@@ -53,6 +53,10 @@ from detector.training.recall import RecallReport, evaluate_recall
 from detector.training.rng import capture_rng_state, restore_rng_state
 from detector.training.schedule import WarmupMultiStepLR
 from detector.weights import read_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from detector.evaluation.val import WiderValSet
+    from detector.evaluation.widerface import WiderFaceResult
 
 __all__ = ["StepLog", "Trainer"]
 
@@ -115,6 +119,9 @@ class Trainer:
         out_dir: where checkpoints and ``train_log.jsonl`` go (rank 0 writes); ``None``: nowhere.
         resume_from: a checkpoint written by a trainer; restores weights and training state.
         eval_images: labelled images for periodic recall evaluation (rank 0).
+        val: WIDER FACE validation images scored with the official protocol (easy / medium / hard
+            AP, :class:`detector.evaluation.val.WiderValSet`) every ``val.every_epochs`` epochs and
+            at the end of the run (rank 0; written to ``train_log.jsonl`` as ``{"widerface_val": ...}``).
         progress: show a progress bar (rank 0).
         on_log: called with every :class:`StepLog` on every rank (e.g. to report to Ray Train).
     """
@@ -132,6 +139,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         resume_from: str | Path | None = None,
         eval_images: Sequence[LabeledImage] = (),
+        val: WiderValSet | None = None,
         progress: bool = True,
         on_log: Callable[[StepLog], None] | None = None,
     ) -> None:
@@ -140,6 +148,8 @@ class Trainer:
         self.dataset = dataset
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.eval_images = tuple(eval_images)
+        self.val = val
+        self.val_results: list[dict[str, Any]] = []
         self.progress = progress
         self.on_log = on_log
         self._check_compatible(model.config, dataset)
@@ -386,6 +396,10 @@ class Trainer:
                     window, window_start = [], time.perf_counter()
                 if self.config.eval_every and self.eval_images and self.step % self.config.eval_every == 0:
                     self._evaluate()
+                if self.val is not None and (
+                    self.step % (self.steps_per_epoch * self.val.every_epochs) == 0 or self.step == self.total_steps
+                ):
+                    self.validate()
                 if (self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0) or (
                     self.step == self.total_steps
                 ):
@@ -450,6 +464,26 @@ class Trainer:
         if self.on_log is not None:
             self.on_log(log)
         return log
+
+    def validate(self) -> WiderFaceResult | None:
+        """WIDER FACE val AP of the current weights (rank 0; ``None`` on other ranks or without ``val``)."""
+        if self.rank != 0 or self.val is None:
+            return None
+        start = time.perf_counter()
+        try:
+            result = self.val.evaluate_model(self.model_without_ddp, device=self.device)
+        finally:
+            self._train_mode()
+        record = {"step": self.step, "epoch": self.epoch,
+                  "widerface_val": {**{s: result[s] for s in result.settings}, "images": result.images_evaluated,
+                                    "seconds": round(time.perf_counter() - start, 3)}}
+        self.val_results.append(record)
+        logger.info("step %d epoch %d WIDER val AP %s (%d images)", self.step, self.epoch,
+                    " / ".join(f"{s} {result[s]:.4f}" for s in result.settings), result.images_evaluated)
+        if self.out_dir is not None:
+            with (self.out_dir / self.LOG).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return result
 
     def _evaluate(self) -> RecallReport | None:
         if self.rank != 0:
