@@ -25,7 +25,14 @@ from common.fsio import TEMP_MARKER
 from detector.spec import DetectorSpec
 from pipeline.job import AlignJobConfig, run_align_job
 from pipeline.report import (
-    MEASURES, Histogram, ReportConfig, ReportError, Reservoir, build_report, draw_detections, face_measures,
+    MEASURES,
+    Histogram,
+    ReportConfig,
+    ReportError,
+    Reservoir,
+    build_report,
+    draw_detections,
+    face_measures,
 )
 from tests.shared import asset
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.job.config import (
-    EXIT_FILES_FAILED, EXIT_OK, MANIFEST_NAME, STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE, STATUS_OK, STATUSES,
+    EXIT_FILES_FAILED,
+    EXIT_OK,
+    MANIFEST_NAME,
+    STATUS_ERROR,
+    STATUS_FILTERED,
+    STATUS_NO_FACE,
+    STATUS_OK,
+    STATUSES,
     AlignJobConfig,
 )
 
