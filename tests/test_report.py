@@ -270,7 +270,7 @@ def _chromium() -> str:
         if path := shutil.which(name):
             return path
     pytest.fail("headless Chromium is needed to check the report: install Debian's package "
-                "(apt-get install -y chromium; scripts/setup.sh does it when it is missing)")
+                "(apt-get install -y chromium; scripts/test.sh does it when it is missing)")
 
 
 def _run_chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:

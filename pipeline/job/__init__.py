@@ -9,8 +9,8 @@ One module per concern:
 * :mod:`~pipeline.job.summary` - :class:`JobSummary`, built once;
 * :mod:`~pipeline.job.run` - the driver, :func:`run_align_job`.
 
-Outputs go through :mod:`pipeline.writers` (folder, RecordIO, WebDataset); ``jobs/align_dataset.py``
-is the command line.
+Outputs go through :mod:`pipeline.writers` (folder, RecordIO, WebDataset); ``faceprep align``
+(:mod:`pipeline.job.cli`) is the command line.
 """
 
 from pipeline.align import center_crop
