@@ -19,7 +19,10 @@ from .api import Detections, PostprocessConfig
 from .hub import CheckpointError
 from .spec import add_detector_arguments, spec_from_args
 
-__all__ = ["detect_main", "detections_to_json", "draw_detections", "export_main", "main"]
+__all__ = [
+    "build_detect_parser", "build_export_parser", "build_parser", "detect_main", "detections_to_json",
+    "draw_detections", "export_main", "main",
+]
 
 
 def detections_to_json(image: str, width: int, height: int, det: Detections) -> dict:
@@ -193,15 +196,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def detect_main(argv: Sequence[str] | None = None, *, prog: str = "faceprep detect") -> int:
-    """The detect command on its own (``faceprep detect``)."""
+def build_detect_parser(prog: str = "faceprep detect") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=DETECT_DESCRIPTION)
     add_detect_arguments(p)
-    return _detect(p.parse_args(argv))
+    return p
+
+
+def build_export_parser(prog: str = "faceprep export") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=EXPORT_DESCRIPTION)
+    add_export_arguments(p)
+    return p
+
+
+def detect_main(argv: Sequence[str] | None = None, *, prog: str = "faceprep detect") -> int:
+    """The detect command on its own (``faceprep detect``)."""
+    return _detect(build_detect_parser(prog).parse_args(argv))
 
 
 def export_main(argv: Sequence[str] | None = None, *, prog: str = "faceprep export") -> int:
     """The export command on its own (``faceprep export``)."""
-    p = argparse.ArgumentParser(prog=prog, description=EXPORT_DESCRIPTION)
-    add_export_arguments(p)
-    return _export(p.parse_args(argv))
+    return _export(build_export_parser(prog).parse_args(argv))
