@@ -78,7 +78,8 @@ def _breakdown(pred_dir: Path, gt_dir: Path, out_dir: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pred", type=Path, help="submission folder or .tar.gz holding predictions/ (default: golden seed 1)")
+    p.add_argument("--pred", type=Path,
+                   help="submission folder or .tar.gz holding predictions/ (default: golden seed 1)")
     p.add_argument("--gt", type=Path, help="ground-truth .mat folder (default: ../shared)")
     p.add_argument("--repeat", type=int, default=3, help="process runs; the median is reported (default: %(default)s)")
     p.add_argument("--reference-seconds", type=float, default=31.0,
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jobs/eval_widerface.py --pred (whole process, incl. JSON + 3 PNGs): median {med:.3f} s "
           f"over {len(times)} runs [{', '.join(f'{t:.3f}' for t in times)}]")
     print(f"reference port: {a.reference_seconds:.1f} s -> speed-up {a.reference_seconds / med:.1f}x "
-          f"(target >= 10x, i.e. <= {a.reference_seconds / 10:.2f} s): {'PASS' if med <= a.reference_seconds / 10 else 'FAIL'}")
+          f"(target >= 10x, i.e. <= {a.reference_seconds / 10:.2f} s): "
+          f"{'PASS' if med <= a.reference_seconds / 10 else 'FAIL'}")
     print(f"  CPU time (user + sys) of the process: median {statistics.median(cpus):.3f} s "
           f"[{', '.join(f'{c:.3f}' for c in cpus)}]; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs (wall time inflates when the machine is shared)")

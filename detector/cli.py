@@ -1,4 +1,5 @@
-"""``python -m detector detect IMG [IMG ...] --weights W --out DIR``: detect faces, write JSON (and drawings)."""
+"""``faceprep detect IMG [IMG ...] --out DIR`` (also ``python -m detector detect``): detect faces, write JSON
+(and drawings); ``faceprep export`` writes the detector as ONNX."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -18,7 +19,10 @@ from .api import Detections, PostprocessConfig
 from .hub import CheckpointError
 from .spec import add_detector_arguments, spec_from_args
 
-__all__ = ["main", "detections_to_json", "draw_detections"]
+__all__ = [
+    "build_detect_parser", "build_export_parser", "build_parser", "detect_main", "detections_to_json",
+    "draw_detections", "export_main", "main",
+]
 
 
 def detections_to_json(image: str, width: int, height: int, det: Detections) -> dict:
@@ -76,32 +80,45 @@ def output_stems(paths: Sequence[Path]) -> list[Path]:
     return stems
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m detector",
-        description="RetinaFace face detection (biubug6-compatible weights).",
-    )
+DETECT_DESCRIPTION = (
+    "Detect faces and write one JSON per image: DIR/<the image's path relative to the images' common "
+    "folder, without its suffix>.json (a.jpg b.jpg -> DIR/a.json DIR/b.json; ids/x/1.jpg ids/y/1.jpg -> "
+    "DIR/x/1.json DIR/y/1.json), holding the image's width and height and its faces sorted by score: box "
+    "(x1, y1, x2, y2 in original pixels), score and five landmarks (left eye, right eye, nose, left and "
+    "right mouth corner, image left first). Exit codes: 0 all written; 1 some images unreadable; 2 nothing "
+    "done (weights or runtime missing, two images mapping to one name)."
+)
+EXPORT_DESCRIPTION = (
+    "Write the BN-fused RetinaFace as ONNX with a dynamic batch, height and width: input 'input' (float32 "
+    "NCHW, already preprocessed: the preset's channel order minus its mean), outputs 'cls_logits', "
+    "'bbox_deltas', 'landmark_deltas' (raw heads); the preset's anchors and preprocessing are stored in the "
+    "file's metadata."
+)
+
+
+def build_parser(prog: str = "python -m detector") -> argparse.ArgumentParser:
+    """``detect`` and ``export`` as sub-commands (``python -m detector``)."""
+    parser = argparse.ArgumentParser(prog=prog, description="RetinaFace face detection (biubug6-compatible weights).")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "detect",
-        help="detect faces in images and write one JSON per image",
-        description="Detect faces and write DIR/<image stem>.json with boxes (x1, y1, x2, y2 in original "
-                    "pixels), scores and five landmarks (left eye, right eye, nose, left and right mouth "
-                    "corner, image left first), faces sorted by score.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    add_detector_arguments(p)
-    p.add_argument("--conf", type=float, default=0.02, help="keep detections with score above this")
-    p.add_argument("--nms", type=float, default=0.4, help="NMS IoU threshold")
-    p.add_argument("--top-k", type=int, default=5000, help="best candidates kept before NMS")
-    p.add_argument("--keep-top-k", type=int, default=750, help="detections kept after NMS")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--draw", action="store_true", help="also write DIR/<name>.jpg with the detections drawn")
-    p.add_argument("--draw-min-score", type=float, default=0.5, help="faces drawn with --draw")
-    _add_export_parser(sub)
+    add_detect_arguments(sub.add_parser("detect", help="detect faces in images and write one JSON per image",
+                                        description=DETECT_DESCRIPTION))
+    add_export_arguments(sub.add_parser("export", help="export RetinaFace weights to ONNX (for --runtime "
+                                                       "onnxruntime / openvino)", description=EXPORT_DESCRIPTION))
     return parser
+
+
+def add_detect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    add_detector_arguments(p)
+    p.add_argument("--conf", type=float, default=0.02, help="keep detections with score above this (default 0.02)")
+    p.add_argument("--nms", type=float, default=0.4, help="NMS IoU threshold (default 0.4)")
+    p.add_argument("--top-k", type=int, default=5000, help="best candidates kept before NMS (default 5000)")
+    p.add_argument("--keep-top-k", type=int, default=750, help="detections kept after NMS (default 750)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--draw", action="store_true",
+                   help="also write DIR/<name>.jpg (beside its .json) with the detections drawn")
+    p.add_argument("--draw-min-score", type=float, default=0.5, help="faces drawn with --draw (default 0.5)")
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -141,21 +158,13 @@ def _detect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _add_export_parser(sub: "argparse._SubParsersAction") -> None:
-    p = sub.add_parser(
-        "export",
-        help="export RetinaFace weights to ONNX (for --runtime onnxruntime / openvino)",
-        description="Write the BN-fused RetinaFace as ONNX with a dynamic batch, height and width: input "
-                    "'input' (float32 NCHW, already preprocessed: the preset's channel order minus its mean), "
-                    "outputs 'cls_logits', 'bbox_deltas', 'landmark_deltas' (raw heads); the preset's anchors "
-                    "and preprocessing are stored in the file's metadata.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
-                   help="checkpoint file or known name (mobilenet0.25, resnet50); default: mobilenet0.25")
+                   help="checkpoint file or known name (mobilenet0.25, resnet50); default mobilenet0.25, found via "
+                        "$FACEPREP_WEIGHTS, the cache, or downloaded")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    p.add_argument("--preset", default=None, help="force an architecture preset (normally inferred)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--preset", default=None, help="force an architecture preset (default: from the checkpoint)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -178,9 +187,32 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m detector detect|export ...``."""
     args = build_parser().parse_args(argv)
     if args.command == "detect":
         return _detect(args)
     if args.command == "export":
         return _export(args)
     raise AssertionError(args.command)
+
+
+def build_detect_parser(prog: str = "faceprep detect") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=DETECT_DESCRIPTION)
+    add_detect_arguments(p)
+    return p
+
+
+def build_export_parser(prog: str = "faceprep export") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=EXPORT_DESCRIPTION)
+    add_export_arguments(p)
+    return p
+
+
+def detect_main(argv: Sequence[str] | None = None, *, prog: str = "faceprep detect") -> int:
+    """The detect command on its own (``faceprep detect``)."""
+    return _detect(build_detect_parser(prog).parse_args(argv))
+
+
+def export_main(argv: Sequence[str] | None = None, *, prog: str = "faceprep export") -> int:
+    """The export command on its own (``faceprep export``)."""
+    return _export(build_export_parser(prog).parse_args(argv))

@@ -1,78 +1,17 @@
 #!/usr/bin/env python
-"""Build (or rebuild) the visual report of a finished align job from its manifest.
+"""``python jobs/report.py aligned/``: the ``faceprep report`` command (:mod:`pipeline.report_cli`)
+for a checkout that is not installed. ``--help`` lists the options."""
 
-    python jobs/report.py aligned/
-
-Writes ``aligned/report.html`` (open it in a browser; no server) and ``aligned/report_files/``:
-counts per status, quality histograms, the no_face / error / filtered / identity-outlier photos
-with their detections drawn, a contact sheet per identity (paged) and a random sample of crops.
-The align job writes the same report when it finishes.
-
-Exit codes: 0 written; 2 nothing written (no manifest in DST, bad arguments, or an align job is
-writing to DST).
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
 from pathlib import Path
 
-try:
-    import pipeline.report  # noqa: F401  (installed editable)
-except ImportError:  # running from a plain checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # a plain checkout: import the packages beside jobs/
+    sys.path.insert(0, str(ROOT))
 
-from pipeline.job.config import LOCK_NAME, JobConfigError
-from pipeline.job.resume import exclusive
-from pipeline.report import ReportConfig, ReportError, build_report
+from pipeline.report_cli import build_parser, main  # noqa: E402
 
-EXIT_OK, EXIT_USAGE = 0, 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    defaults = ReportConfig()
-    p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\nExit codes")[0].strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dst", type=Path, help="the --dst folder of an align job (holds manifest.jsonl)")
-    p.add_argument("--page-size", type=int, default=defaults.page_size,
-                   help=f"identities per contact-sheet page (default {defaults.page_size})")
-    p.add_argument("--sample", type=int, default=defaults.sample,
-                   help=f"crops in the random sample grid (default {defaults.sample})")
-    p.add_argument("--problems", type=int, default=defaults.problems,
-                   help=f"drawn thumbnails per problem kind on the main page (default {defaults.problems})")
-    p.add_argument("--per-identity", type=int, default=defaults.per_identity,
-                   help=f"crop thumbnails per identity (default {defaults.per_identity})")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random samples (default 0)")
-    p.add_argument("--src", type=Path, default=None,
-                   help="folder of the source photos, if it moved (default: the one in DST/job.json)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        config = ReportConfig(page_size=args.page_size, sample=args.sample, problems=args.problems,
-                              per_identity=args.per_identity, seed=args.seed, src=args.src, progress=args.progress)
-    except ValueError as e:
-        parser.error(str(e))
-    if not (args.dst / "manifest.jsonl").is_file():
-        print(f"error: no manifest at {args.dst / 'manifest.jsonl'}: is {args.dst} the --dst of an align job?",
-              file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        with exclusive(args.dst / LOCK_NAME):
-            path = build_report(args.dst, config)
-    except (JobConfigError, ReportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(path)
-    return EXIT_OK
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python jobs/report.py"))

@@ -9,7 +9,7 @@ Modules (import what you need; this package imports nothing heavy on its own):
   :func:`~pipeline.images.decode_image`, :class:`~pipeline.images.ImageReadError`).
 * :mod:`pipeline.stage`: :class:`~pipeline.stage.FaceAligner`, the detect-select-align stage for
   lists of images, Ray Data ``map_batches`` and torch datasets.
-* :mod:`pipeline.job`: the Ray Data batch align job behind ``jobs/align_dataset.py``
+* :mod:`pipeline.job`: the Ray Data batch align job behind ``faceprep align`` (:mod:`pipeline.job.cli`)
   (:func:`~pipeline.job.run_align_job`).
 * :mod:`pipeline.writers`: atomic output files, the folder-tree layout and the resumable JSONL
   manifest.

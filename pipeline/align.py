@@ -96,7 +96,7 @@ class CropSpec:
     _template_centred: np.ndarray  # [5, 2] float64, float32-computed like skimage does
 
     @staticmethod
-    def create(image_size: int = 112, variant: str = "arcface") -> "CropSpec":
+    def create(image_size: int = 112, variant: str = "arcface") -> CropSpec:
         """Validated, cached :class:`CropSpec` for ``image_size`` and ``variant``.
 
         Raises:

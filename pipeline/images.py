@@ -36,7 +36,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -60,7 +60,7 @@ DEFAULT_MAX_PIXELS = 80_000_000
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 """File extensions (lower case) that folder-walking jobs treat as photos."""
 
-BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
+BytesLike = bytes | bytearray | memoryview | np.ndarray
 ColorOrder = Literal["bgr", "rgb"]
 
 

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, NamedTuple
 
-import numpy as np
-
 import cv2
+import numpy as np
 
 from common.fsio import atomic_write_text, temp_path
 from pipeline.manifest import iter_records

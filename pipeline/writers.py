@@ -117,7 +117,7 @@ class RecordSink:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "RecordSink":
+    def __enter__(self) -> RecordSink:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install the project (CPU torch on machines without CUDA) with the test extras.
+# Installs no browser: scripts/test.sh installs Chromium for the report's test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,17 +28,4 @@ print('setup.sh: onnxruntime providers:', ', '.join(p), file=sys.stderr); \
 sys.exit(0 if 'CUDAExecutionProvider' in p else 'setup.sh: error: onnxruntime-gpu has no CUDA provider')"
 else
   .venv/bin/python -m pip install -q -e ".[dev]"
-fi
-# Headless Chromium renders the align job's report.html in tests/test_report.py (Debian's package).
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup.sh: installing chromium (apt-get install -y chromium) for tests/test_report.py" >&2
-    if ! { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; then
-      echo "setup.sh: error: could not install chromium with apt-get; tests/test_report.py needs it" >&2
-      exit 1
-    fi
-  else
-    echo "setup.sh: warning: chromium is missing and cannot be installed here (needs root and apt-get);" \
-         "tests/test_report.py will fail until it is installed: sudo apt-get install -y chromium" >&2
-  fi
 fi

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+
 from tests.shared import asset, golden
 
 GOLDEN_DETECTIONS = "retinaface/biubug6_mobilenet0.25_reference_detections.json"

@@ -18,7 +18,6 @@ import pytest
 
 from detector.spec import DetectorSpec
 from pipeline.config import AlignConfig
-from pipeline.job.config import job_align_defaults
 from pipeline.job import (
     EXIT_FILES_FAILED,
     EXIT_OK,
@@ -35,8 +34,16 @@ from pipeline.job import (
     plan_workers,
     run_align_job,
 )
+from pipeline.job.config import job_align_defaults
 from pipeline.recordio import ArcFaceRecordDataset
-from pipeline.writers import TEMP_MARKER, FolderCropWriter, ManifestWriter, OutputLayout, compact_manifest, load_manifest
+from pipeline.writers import (
+    TEMP_MARKER,
+    FolderCropWriter,
+    ManifestWriter,
+    OutputLayout,
+    compact_manifest,
+    load_manifest,
+)
 from tests.shared import asset
 
 REPO = Path(__file__).resolve().parents[1]

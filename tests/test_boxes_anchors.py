@@ -134,7 +134,8 @@ def test_anchor_cache_returns_same_tensor():
 
 def test_coder_round_trip():
     g = torch.Generator().manual_seed(0)
-    anchors = torch.cat([torch.rand(100, 2, generator=g) * 600, 16 + torch.rand(100, 1, generator=g).repeat(1, 2) * 200], 1)
+    anchors = torch.cat([torch.rand(100, 2, generator=g) * 600,
+                         16 + torch.rand(100, 1, generator=g).repeat(1, 2) * 200], 1)
     xy = torch.rand(100, 2, generator=g) * 600
     boxes = torch.cat([xy, xy + 5 + torch.rand(100, 2, generator=g) * 200], 1)
     lm = torch.rand(100, 5, 2, generator=g) * 600

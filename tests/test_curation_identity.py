@@ -20,14 +20,19 @@ import pytest
 from detector.spec import DetectorSpec
 from pipeline.config import AlignConfig
 from pipeline.curation.identity import (
-    OutlierRule, cosine_distances, l2_normalize, medoid_index, nearest_face, robust_centre,
+    OutlierRule,
+    cosine_distances,
+    l2_normalize,
+    medoid_index,
+    nearest_face,
+    robust_centre,
 )
 from pipeline.images import read_image
 from pipeline.job import AlignJobConfig, JobConfigError, run_align_job
 from pipeline.job.identity import EMBEDDINGS_INDEX_NAME, EMBEDDINGS_NAME
-from pipeline.writers import identity_of
 from pipeline.select import select_faces
 from pipeline.verification.recognizer import OnnxRecognizerConfig, Preprocess
+from pipeline.writers import identity_of
 from tests.shared import asset
 
 DEEPFACE = "verification/deepface"
@@ -311,7 +316,7 @@ def test_embeddings_match_their_index_and_a_rerun_does_nothing(identity_run):
         assert (row["src"], row["face"], row["identity"]) == (rel, r["selected"][0], r["identity"])
     # the recorded distance is that of the row to the identity's centre
     centres = json.loads((dst / "identity_centres.json").read_text())
-    for rel, r in records.items():
+    for r in records.values():
         centre = emb[centres[r["identity"]]["centre_row"]]
         assert 1.0 - float(emb[r["embedding_row"]] @ centre) == pytest.approx(r["identity_distance"], abs=1e-4)
     again = run_align_job(identity_run["config"])

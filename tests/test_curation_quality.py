@@ -13,7 +13,15 @@ import pytest
 
 from detector.spec import DetectorSpec
 from pipeline.curation import (
-    HEADER, MEAN_FACE_3D, QualityFilter, box_size, brightness, eye_distance, face_quality, head_pose, sharpness,
+    HEADER,
+    MEAN_FACE_3D,
+    QualityFilter,
+    box_size,
+    brightness,
+    eye_distance,
+    face_quality,
+    head_pose,
+    sharpness,
 )
 from pipeline.job import EXIT_OK, AlignJobConfig, run_align_job
 from pipeline.job.config import job_align_defaults

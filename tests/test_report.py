@@ -25,7 +25,14 @@ from common.fsio import TEMP_MARKER
 from detector.spec import DetectorSpec
 from pipeline.job import AlignJobConfig, run_align_job
 from pipeline.report import (
-    MEASURES, Histogram, ReportConfig, ReportError, Reservoir, build_report, draw_detections, face_measures,
+    MEASURES,
+    Histogram,
+    ReportConfig,
+    ReportError,
+    Reservoir,
+    build_report,
+    draw_detections,
+    face_measures,
 )
 from tests.shared import asset
 
@@ -263,7 +270,7 @@ def _chromium() -> str:
         if path := shutil.which(name):
             return path
     pytest.fail("headless Chromium is needed to check the report: install Debian's package "
-                "(apt-get install -y chromium; scripts/setup.sh does it when it is missing)")
+                "(apt-get install -y chromium; scripts/test.sh does it when it is missing)")
 
 
 def _run_chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 
@@ -227,7 +228,7 @@ def test_config_validation():
     assert AlignConfig(crop="arcface_112x96").crop_shape == (112, 96)
     with pytest.raises(TypeError):
         AlignConfig(112)  # keyword-only
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.image_size = 224  # frozen
 
 

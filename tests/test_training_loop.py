@@ -13,9 +13,6 @@ import pytest
 import torch
 
 from detector.inference import Detector
-from detector.weights import load_model, read_checkpoint
-from detector.training.augment import AugmentConfig, CropConfig
-from detector.training.dataset import WiderFaceTrainDataset
 from detector.training import (
     OptimizerConfig,
     ScheduleConfig,
@@ -27,6 +24,9 @@ from detector.training import (
     get_train_preset,
     matched_faces,
 )
+from detector.training.augment import AugmentConfig, CropConfig
+from detector.training.dataset import WiderFaceTrainDataset
+from detector.weights import load_model, read_checkpoint
 from tests.shared import MOBILENET_WEIGHTS, asset, golden
 
 LABELS = "widerface_mini/train/label.txt"

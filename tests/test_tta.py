@@ -76,7 +76,8 @@ def test_flip_maps_back_and_swaps_left_right_landmarks():
 
 @pytest.fixture(scope="module")
 def val_photos():
-    return [(key, cv2.imread(str(path), cv2.IMREAD_COLOR)) for key, path in iter_image_files(asset("widerface/val/images"))]
+    return [(key, cv2.imread(str(path), cv2.IMREAD_COLOR))
+            for key, path in iter_image_files(asset("widerface/val/images"))]
 
 
 # Two small scales and a higher per-run threshold keep the CPU test short; the code path is the
@@ -95,7 +96,7 @@ def test_tta_on_val_photos(detector, val_photos):
     ev = WiderFaceEvaluator(ground_truth=gt)
     ev_plain = WiderFaceEvaluator(ground_truth=gt)
     n_confident = 0
-    for (key, img), det, ref in zip(val_photos, tta, plain, strict=True):
+    for (key, _img), det, ref in zip(val_photos, tta, plain, strict=True):
         d = det.numpy()
         assert 0 < len(d) <= SMALL_TTA.top_k and np.all(np.diff(d.scores) <= 0)
         assert np.all(d.boxes[:, 2:] > d.boxes[:, :2]) and d.landmarks.shape == (len(d), 5, 2)

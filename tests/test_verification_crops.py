@@ -8,7 +8,12 @@ import pytest
 from insightface.utils import face_align
 
 from pipeline.verification.crops import (
-    CropMaker, CropStatus, box_crop, parse_sources, square_box_matrix, whole_image_box,
+    CropMaker,
+    CropStatus,
+    box_crop,
+    parse_sources,
+    square_box_matrix,
+    whole_image_box,
 )
 from tests.shared import asset
 

@@ -14,11 +14,22 @@ import pytest
 
 from detector.api import PostprocessConfig
 from detector.spec import DetectorSpec
-
 from pipeline.images import read_image
 from pipeline.verification import (
-    IMAGENET_MEAN, IMAGENET_STD, AggregationConfig, CropMaker, DetectorSettings, EvaluationConfig,
-    OnnxRecognizerConfig, Preprocess, VerificationDataError, evaluate, extract, read_ijb, read_pairs_csv, score,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AggregationConfig,
+    CropMaker,
+    DetectorSettings,
+    EvaluationConfig,
+    OnnxRecognizerConfig,
+    Preprocess,
+    VerificationDataError,
+    evaluate,
+    extract,
+    read_ijb,
+    read_pairs_csv,
+    score,
     write_report,
 )
 from pipeline.verification.runner import format_table, torch_threads

@@ -9,7 +9,6 @@ from pipeline.verification.metrics import best_threshold, kfold_accuracy
 from pipeline.verification.protocols import ProtocolError, lfw_image_name, read_lfw
 from tests.shared import asset
 
-
 # ------------------------------------------------------------------------------------------- pairs.txt
 
 
@@ -171,7 +170,12 @@ def test_study_rows_equal_plain_evaluations(mini_lfw):
     from detector.api import PostprocessConfig
     from detector.spec import DetectorSpec
     from pipeline.verification import (
-        IMAGENET_MEAN, IMAGENET_STD, EvaluationConfig, OnnxRecognizerConfig, Preprocess, evaluate,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        EvaluationConfig,
+        OnnxRecognizerConfig,
+        Preprocess,
+        evaluate,
     )
     from pipeline.verification.study import StudyConfig, StudyVariant, run_study
     from tests.shared import MOBILENET_WEIGHTS

@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 
 from pipeline.verification.metrics import (
-    DEFAULT_FARS, VerificationMetrics, best_accuracy, far_key, far_rank, roc_curve, tar_at_far,
+    DEFAULT_FARS,
+    VerificationMetrics,
+    best_accuracy,
+    far_key,
+    far_rank,
+    roc_curve,
+    tar_at_far,
 )
 
 
 def brute_tar_at_far(scores, labels, far):
     """Pure Python, by definition: the highest TAR over every threshold whose FAR does not exceed ``far``
     (accept score > threshold); ``None`` when fewer than 1 / far negatives make FAR ``far`` unmeasurable."""
-    negatives = [s for s, l in zip(scores, labels) if not l]
-    positives = [s for s, l in zip(scores, labels) if l]
+    negatives = [s for s, same in zip(scores, labels) if not same]
+    positives = [s for s, same in zip(scores, labels) if same]
     allowed = int(math.floor(round(far * len(negatives), 9)))  # negatives that may be accepted
     if allowed == 0:
         return None

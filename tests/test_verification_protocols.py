@@ -80,15 +80,18 @@ def test_ijb_layout(tmp_path):
     "which,text,match",
     [
         ("tid_mid", GOOD_TID.replace("3.jpg 5 101", "3.jpg 5"), r"ijbc_face_tid_mid\.txt:3: expected 3 fields"),
-        ("tid_mid", GOOD_TID.replace("4.jpg 9 200", "4.jpg nine 200"), r"ijbc_face_tid_mid\.txt:4: template id must be an integer"),
+        ("tid_mid", GOOD_TID.replace("4.jpg 9 200", "4.jpg nine 200"),
+         r"ijbc_face_tid_mid\.txt:4: template id must be an integer"),
         ("tid_mid", GOOD_TID + "6.jpg 11 301\n", r"ijbc_face_tid_mid\.txt:6: image '6.jpg' has no landmarks"),
         ("points", GOOD_PTS.replace(" 0.8\n", "\n"), r"ijbc_name_5pts_score\.txt:2: expected 12 fields"),
         ("points", GOOD_PTS.replace("39.00", "3x.00"), r"ijbc_name_5pts_score\.txt:3: landmark/score value '3x\.00'"),
-        ("points", GOOD_PTS + lmk_line("5.jpg", 1.0), r"ijbc_name_5pts_score\.txt:6: image '5\.jpg' already listed .* line 1"),
+        ("points", GOOD_PTS + lmk_line("5.jpg", 1.0),
+         r"ijbc_name_5pts_score\.txt:6: image '5\.jpg' already listed .* line 1"),
         ("pairs", GOOD_PAIRS.replace("9 11 0", "9 11 2"), r"ijbc_template_pair_label\.txt:4: label must be 0 or 1"),
         ("pairs", GOOD_PAIRS.replace("5 11 0", "5 11"), r"ijbc_template_pair_label\.txt:2: expected 3 fields"),
         ("pairs", GOOD_PAIRS.replace("9 11 0", "9 12 0"), r"ijbc_template_pair_label\.txt:4: template 12 is not in"),
-        ("pairs", GOOD_PAIRS.replace("5 9 1", "5 9.5 1"), r"ijbc_template_pair_label\.txt:1: template_2 must be an integer"),
+        ("pairs", GOOD_PAIRS.replace("5 9 1", "5 9.5 1"),
+         r"ijbc_template_pair_label\.txt:1: template_2 must be an integer"),
     ],
 )
 def test_ijb_malformed_lines(tmp_path, which, text, match):

@@ -11,7 +11,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.verification.recognizer import (
-    IMAGENET_MEAN, IMAGENET_STD, OnnxRecognizer, OnnxRecognizerConfig, Preprocess, TorchRecognizerConfig,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OnnxRecognizer,
+    OnnxRecognizerConfig,
+    Preprocess,
+    TorchRecognizerConfig,
 )
 from tests.shared import asset
 

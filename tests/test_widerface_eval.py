@@ -329,5 +329,25 @@ def test_job_rejects_ambiguous_source(capsys):
     with pytest.raises(SystemExit):
         config_from_args(["--gt", "x"])
     with pytest.raises(SystemExit):
-        config_from_args(["--gt", "x", "--images", "y"])
-    assert "--images needs --weights" in capsys.readouterr().err
+        config_from_args(["--gt", "x", "--images", "y", "--pred", "z"])
+    assert "give exactly one of --pred DIR or --images DIR" in capsys.readouterr().err
+
+
+def test_images_mode_finds_weights_as_every_command(monkeypatch, tmp_path):
+    """No --weights: $FACEPREP_WEIGHTS (a file or a folder holding it), else the cache, as the other commands."""
+    from detector.hub import CACHE_ENV, WEIGHTS_ENV
+    from jobs.eval_widerface import config_from_args
+
+    weights = asset(MOBILENET_WEIGHTS)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "empty_cache"))
+    for env in (weights, weights.parent):
+        monkeypatch.setenv(WEIGHTS_ENV, str(env))
+        config = config_from_args(["--gt", "x", "--images", "y"])
+        assert config.run.detector.weights is None
+        assert Path(config.run.detector.check().weights) == weights
+    monkeypatch.delenv(WEIGHTS_ENV)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / weights.name).symlink_to(weights)
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    assert Path(config_from_args(["--gt", "x", "--images", "y"]).run.detector.check().weights) == cache / weights.name

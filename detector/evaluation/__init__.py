@@ -27,8 +27,8 @@ from detector.evaluation.widerface import (
     read_prediction_file,
     read_submission,
     voc_ap,
-    write_prediction_file,
     write_detections,
+    write_prediction_file,
     write_submission,
 )
 

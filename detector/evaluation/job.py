@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from detector.spec import DetectorSpec
 from detector.evaluation.widerface import (
     WiderFaceEvalConfig,
     WiderFaceResult,
@@ -30,6 +29,7 @@ from detector.evaluation.widerface import (
     plot_pr_curves,
     predict_submission,
 )
+from detector.spec import DetectorSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from detector.inference import Detections

@@ -39,7 +39,7 @@ from detector.training.dataset import (
     parse_label_file,
 )
 from detector.training.loss import LossConfig, LossOutput, RetinaFaceLoss, hard_negative_mask
-from detector.training.matcher import AnchorMatcher, MatchResult, MatcherConfig
+from detector.training.matcher import AnchorMatcher, MatcherConfig, MatchResult
 from detector.training.model_init import architecture, build_training_model
 from detector.training.ray_job import TrainingJobConfig, run_training_job
 from detector.training.recall import RecallReport, evaluate_recall, matched_faces

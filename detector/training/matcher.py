@@ -212,7 +212,7 @@ class AnchorMatcher:
             raise ValueError("boxes, landmarks and has_landmarks must have one entry per image")
         return MatchResult.stack(
             [
-                self.match(boxes=b, landmarks=l, has_landmarks=h, anchors=anchors)
-                for b, l, h in zip(boxes, landmarks, has_landmarks)
+                self.match(boxes=b, landmarks=lm, has_landmarks=h, anchors=anchors)
+                for b, lm, h in zip(boxes, landmarks, has_landmarks)
             ]
         )

@@ -13,13 +13,31 @@ No torch, no Ray: importable in the job's driver.
 """
 
 from pipeline.curation.identity import (
-    OutlierRule, cosine_distances, l2_normalize, medoid_index, nearest_face, robust_centre,
+    OutlierRule,
+    cosine_distances,
+    l2_normalize,
+    medoid_index,
+    nearest_face,
+    robust_centre,
 )
 from pipeline.curation.landmarks import (
-    HEADER, GivenLandmarks, LandmarksFileError, box_from_landmarks, read_landmarks_csv, unpack_points,
+    HEADER,
+    GivenLandmarks,
+    LandmarksFileError,
+    box_from_landmarks,
+    read_landmarks_csv,
+    unpack_points,
 )
 from pipeline.curation.quality import (
-    MEAN_FACE_3D, QUALITY_KEYS, QualityFilter, box_size, brightness, eye_distance, face_quality, head_pose, sharpness,
+    MEAN_FACE_3D,
+    QUALITY_KEYS,
+    QualityFilter,
+    box_size,
+    brightness,
+    eye_distance,
+    face_quality,
+    head_pose,
+    sharpness,
 )
 
 __all__ = [

@@ -9,18 +9,32 @@ One module per concern:
 * :mod:`~pipeline.job.summary` - :class:`JobSummary`, built once;
 * :mod:`~pipeline.job.run` - the driver, :func:`run_align_job`.
 
-Outputs go through :mod:`pipeline.writers` (folder, RecordIO, WebDataset); ``jobs/align_dataset.py``
-is the command line.
+Outputs go through :mod:`pipeline.writers` (folder, RecordIO, WebDataset); ``faceprep align``
+(:mod:`pipeline.job.cli`) is the command line.
 """
 
 from pipeline.align import center_crop
 from pipeline.job.config import (
-    EXIT_FILES_FAILED, EXIT_OK, EXIT_USAGE, JOB_NAME, LOCK_NAME, MANIFEST_NAME, SUMMARY_NAME, AlignJobConfig,
+    EXIT_FILES_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    JOB_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    AlignJobConfig,
     JobConfigError,
 )
 from pipeline.job.plan import (
-    MAX_BLOCK_BYTES, MAX_INPUT_BLOCKS, MIN_OBJECT_STORE_BUDGET, JobPlan, WorkerPlan, estimate_input_bytes,
-    guided_chunks, object_store_budget, plan_workers,
+    MAX_BLOCK_BYTES,
+    MAX_INPUT_BLOCKS,
+    MIN_OBJECT_STORE_BUDGET,
+    JobPlan,
+    WorkerPlan,
+    estimate_input_bytes,
+    guided_chunks,
+    object_store_budget,
+    plan_workers,
 )
 from pipeline.job.resume import exclusive, list_inputs
 from pipeline.job.run import check_detector, run_align_job

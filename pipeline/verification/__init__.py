@@ -7,19 +7,47 @@ template aggregation -> ROC / AUC / TAR@FAR. See ``jobs/eval_verification.py`` f
 
 from pipeline.verification.aggregate import AggregationConfig, image_features, pair_scores, template_features
 from pipeline.verification.crops import (
-    ALIGNMENT_SOURCES, BOX, DETECTOR, PROVIDED, CropMaker, CropStatus, DetectorSettings, box_crop, parse_sources,
+    ALIGNMENT_SOURCES,
+    BOX,
+    DETECTOR,
+    PROVIDED,
+    CropMaker,
+    CropStatus,
+    DetectorSettings,
+    box_crop,
+    parse_sources,
     square_box_matrix,
 )
 from pipeline.verification.metrics import (
-    DEFAULT_FARS, RocCurve, VerificationMetrics, best_accuracy, far_key, far_rank, roc_curve, tar_at_far,
+    DEFAULT_FARS,
+    RocCurve,
+    VerificationMetrics,
+    best_accuracy,
+    far_key,
+    far_rank,
+    roc_curve,
+    tar_at_far,
 )
 from pipeline.verification.protocols import ProtocolError, VerificationProtocol, read_ijb, read_pairs_csv
 from pipeline.verification.recognizer import (
-    IMAGENET_MEAN, IMAGENET_STD, OnnxRecognizer, OnnxRecognizerConfig, Preprocess, Recognizer, TorchRecognizer,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OnnxRecognizer,
+    OnnxRecognizerConfig,
+    Preprocess,
+    Recognizer,
+    TorchRecognizer,
     TorchRecognizerConfig,
 )
 from pipeline.verification.runner import (
-    EvaluationConfig, EvaluationResult, Extraction, VerificationDataError, evaluate, extract, format_table, score,
+    EvaluationConfig,
+    EvaluationResult,
+    Extraction,
+    VerificationDataError,
+    evaluate,
+    extract,
+    format_table,
+    score,
     write_report,
 )
 

@@ -134,7 +134,8 @@ def pair_scores(
         pos = np.clip(pos, 0, sorted_templates.size - 1)
         missing = sorted_templates[pos] != ids
         if np.any(missing):
-            raise KeyError(f"{int(missing.sum())} pairs name templates without features, e.g. {ids[missing][:5].tolist()}")
+            raise KeyError(f"{int(missing.sum())} pairs name templates without features, "
+                           f"e.g. {ids[missing][:5].tolist()}")
         return order[pos]
 
     i1 = index(t1)

@@ -22,8 +22,9 @@ The detector runs once per photo and serves both ``detector`` and ``box``. Confi
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import cv2
 import numpy as np

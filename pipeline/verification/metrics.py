@@ -19,9 +19,9 @@ Conventions (shared with ``golden/verification/deepface_expected.json``):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -99,7 +99,8 @@ def far_rank(far: float, negatives: int) -> int:
     return math.floor(Fraction(repr(float(far))) * negatives)
 
 
-def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: Iterable[float] = DEFAULT_FARS) -> dict[float, float | None]:
+def tar_at_far(scores: np.ndarray, labels: np.ndarray,
+               fars: Iterable[float] = DEFAULT_FARS) -> dict[float, float | None]:
     """TAR at each FAR (see the module docstring); ``None`` where ``floor(far * negatives) == 0``."""
     scores, labels = _check_scores_labels(scores, labels)
     negatives = np.sort(scores[~labels])[::-1]
@@ -140,7 +141,8 @@ class VerificationMetrics:
     roc: RocCurve
 
     @classmethod
-    def compute(cls, scores: np.ndarray, labels: np.ndarray, *, fars: Iterable[float] = DEFAULT_FARS) -> "VerificationMetrics":
+    def compute(cls, scores: np.ndarray, labels: np.ndarray, *,
+                fars: Iterable[float] = DEFAULT_FARS) -> VerificationMetrics:
         roc = roc_curve(scores, labels)
         return cls(
             auc=roc.auc,

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -354,7 +354,8 @@ def read_pairs_csv(path: Path | str, *, root: Path | str | None = None) -> Verif
 
 
 def _photo_templates(name: str, source: Path, image_root: Path, file_index: dict[str, int],
-                     pairs: list[tuple[int, int]], labels: list[bool], folds: list[int] | None = None) -> VerificationProtocol:
+                     pairs: list[tuple[int, int]], labels: list[bool],
+                     folds: list[int] | None = None) -> VerificationProtocol:
     """A protocol where every photo (``file_index``: name -> index, in insertion order) is its own
     template with one media, as the pairs CSV and LFW are."""
     images = tuple(file_index)
@@ -392,7 +393,8 @@ def _lfw_image_root(root: Path) -> Path:
     return root
 
 
-def read_lfw(root: Path | str, *, pairs: Path | str | None = None, images: Path | str | None = None) -> VerificationProtocol:
+def read_lfw(root: Path | str, *, pairs: Path | str | None = None,
+             images: Path | str | None = None) -> VerificationProtocol:
     """LFW's standard 1:1 protocol ("View 2"): ``pairs.txt`` and the image folder.
 
     ``pairs.txt`` starts with ``<folds> <n>``; then each fold holds ``n`` same-person lines
@@ -417,7 +419,8 @@ def read_lfw(root: Path | str, *, pairs: Path | str | None = None, images: Path 
     n_folds = _parse_int(pairs_path, number, raw, head[0], "number of folds")
     per_class = _parse_int(pairs_path, number, raw, head[1], "pairs per class")
     if n_folds < 2 or per_class < 1:
-        raise ProtocolError(pairs_path, number, f"need >= 2 folds and >= 1 pair per class, got {n_folds} {per_class}", raw)
+        raise ProtocolError(pairs_path, number,
+                            f"need >= 2 folds and >= 1 pair per class, got {n_folds} {per_class}", raw)
     file_index: dict[str, int] = {}
     pair_list: list[tuple[int, int]] = []
     labels: list[bool] = []
@@ -451,5 +454,6 @@ def read_lfw(root: Path | str, *, pairs: Path | str | None = None, images: Path 
         labels.append(same)
         folds.append(index // (2 * per_class))
     if len(pair_list) != expected:
-        raise ProtocolError(pairs_path, None, f"{len(pair_list)} pair lines, expected {n_folds} folds x 2 x {per_class} = {expected}")
+        raise ProtocolError(pairs_path, None,
+                            f"{len(pair_list)} pair lines, expected {n_folds} folds x 2 x {per_class} = {expected}")
     return _photo_templates("lfw", pairs_path, image_root, file_index, pair_list, labels, folds)

@@ -45,7 +45,7 @@ def add_preprocess_arguments(group: Any) -> None:
                        help="recogniser per-channel std in [0,1] units (default 0.5,0.5,0.5)")
 
 
-def preprocess_from_args(args: Any) -> "Preprocess":
+def preprocess_from_args(args: Any) -> Preprocess:
     """:class:`Preprocess` from the flags of :func:`add_preprocess_arguments` (``ValueError`` names the flag)."""
     return Preprocess(rgb=args.rgb, mean=parse_triplet(args.mean, what="--mean"),
                       std=parse_triplet(args.std, what="--std"))
@@ -102,7 +102,7 @@ class Recognizer(Protocol):
 class RecognizerConfig(Protocol):
     def build(self) -> Recognizer: ...
 
-    def with_threads(self, threads: int) -> "RecognizerConfig": ...
+    def with_threads(self, threads: int) -> RecognizerConfig: ...
 
     def to_json(self) -> dict: ...
 
@@ -192,7 +192,7 @@ class OnnxRecognizerConfig:
             threads=self.threads, providers=self.providers,
         )
 
-    def with_threads(self, threads: int) -> "OnnxRecognizerConfig":
+    def with_threads(self, threads: int) -> OnnxRecognizerConfig:
         from dataclasses import replace
 
         return replace(self, threads=threads)
@@ -262,7 +262,7 @@ class TorchRecognizerConfig:
             batch_size=self.batch_size, device=self.device, threads=self.threads,
         )
 
-    def with_threads(self, threads: int) -> "TorchRecognizerConfig":
+    def with_threads(self, threads: int) -> TorchRecognizerConfig:
         from dataclasses import replace
 
         return replace(self, threads=threads)

@@ -21,9 +21,10 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -39,7 +40,13 @@ from pipeline.verification.crops import BOX, DETECTOR, CropStatus, DetectorSetti
 from pipeline.verification.protocols import VerificationProtocol
 from pipeline.verification.recognizer import RecognizerConfig
 from pipeline.verification.runner import (
-    EvaluationConfig, EvaluationResult, Extraction, PhotoTask, photo_tasks, run_workers, score,
+    EvaluationConfig,
+    EvaluationResult,
+    Extraction,
+    PhotoTask,
+    photo_tasks,
+    run_workers,
+    score,
 )
 
 FUSIONS = ("none", "sum", "concat")
