@@ -194,7 +194,7 @@ class GpuSampler:
                 pass
             self._stop.wait(self.period_s)
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         self._thread.start()
         return self
 

@@ -19,8 +19,9 @@ its batched on-device postprocess.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class DenseDetector(abc.ABC):
             out.append(finish(boxes, scores, landmarks, plan.scale, config))
         return out
 
-    def detect(self, images: Sequence[np.ndarray], *, resize: "ResizePolicy | str | int | None" = None,
+    def detect(self, images: Sequence[np.ndarray], *, resize: ResizePolicy | str | int | None = None,
                conf_threshold: float | None = None, nms_threshold: float | None = None,
                top_k: int | None = None, keep_top_k: int | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per image (float32 numpy arrays, original pixels,

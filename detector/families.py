@@ -12,8 +12,9 @@ imported, named in ``_BUILTIN_MODULES`` (or imported by the user before building
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .registry import LazyDict
 

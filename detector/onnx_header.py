@@ -14,8 +14,9 @@ Field numbers (``onnx.proto``): ``ModelProto`` 1 ir_version, 7 graph, 14 metadat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["OnnxHeader", "ProtobufError", "read_header"]
 

@@ -10,7 +10,8 @@ This module imports nothing of the project.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 __all__ = ["LazyDict"]
 

@@ -10,8 +10,9 @@ dimension (1 score, 4 box distances, 10 keypoint coordinates per anchor) confirm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .hub import CheckpointError
 

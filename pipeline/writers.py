@@ -32,7 +32,12 @@ import numpy as np
 
 from common.fsio import TEMP_MARKER, atomic_write_bytes, atomic_write_text, remove_temporaries, temp_path
 from pipeline.manifest import (
-    ManifestWriter, compact_manifest, iter_manifest, iter_records, load_manifest, outputs_complete,
+    ManifestWriter,
+    compact_manifest,
+    iter_manifest,
+    iter_records,
+    load_manifest,
+    outputs_complete,
 )
 from pipeline.records import MANIFEST_NAME, PhotoRecord
 

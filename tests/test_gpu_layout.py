@@ -19,7 +19,11 @@ from detector.spec import DetectorSpec
 from pipeline.job import AlignJobConfig, JobConfigError, estimate_input_bytes, object_store_budget, plan_workers
 from pipeline.job.config import EXIT_USAGE
 from pipeline.job.plan import (
-    GPU_RESOURCE_STEP, MIN_DECODE_CPUS_PER_GPU, TASKS_IN_FLIGHT_PER_ACTOR, gpu_share, resolve_device,
+    GPU_RESOURCE_STEP,
+    MIN_DECODE_CPUS_PER_GPU,
+    TASKS_IN_FLIGHT_PER_ACTOR,
+    gpu_share,
+    resolve_device,
 )
 from tests.shared import asset
 

@@ -19,7 +19,12 @@ from common.fsio import sha256_file
 from pipeline.job import stages
 from pipeline.manifest import ManifestWriter, iter_manifest, iter_records, outputs_complete
 from pipeline.records import (
-    DONE_STATUSES, STATUS_ERROR, STATUSES, FaceRecord, PhotoRecord, RecordError,
+    DONE_STATUSES,
+    STATUS_ERROR,
+    STATUSES,
+    FaceRecord,
+    PhotoRecord,
+    RecordError,
 )
 from pipeline.stage import FaceChoice
 from pipeline.writers import FolderCropWriter, OutputLayout

@@ -78,7 +78,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_mobilenet(config: ModelConfig) -> "nn.Module":
+def build_mobilenet(config: ModelConfig) -> nn.Module:
     return _classes().MobileNetV1(config.return_layers)
 
 

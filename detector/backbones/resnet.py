@@ -86,11 +86,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_resnet50(config: ModelConfig) -> "nn.Module":
+def build_resnet50(config: ModelConfig) -> nn.Module:
     return _classes().ResNet50(config.return_layers)
 
 
-def fuse_resnet(body: "nn.Module") -> None:
+def fuse_resnet(body: nn.Module) -> None:
     """Fold the stem's ``conv1``/``bn1`` and each bottleneck's ``convK``/``bnK`` pairs, in place
     (the downsample ``Sequential(conv, bn)`` is left to the generic folding)."""
     from torch import nn

@@ -94,7 +94,7 @@ class TrainingJobConfig:
         if (self.val_images is None) != (self.val_gt is None):
             raise ValueError("val_images and val_gt go together (the WIDER val images and their ground-truth folder)")
 
-    def val_set(self) -> "WiderValSet | None":
+    def val_set(self) -> WiderValSet | None:
         """The WIDER val set to score every epoch (``None`` without ``val_images``)."""
         if self.val_images is None:
             return None

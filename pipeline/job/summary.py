@@ -13,7 +13,13 @@ from typing import Any
 
 from pipeline.job.config import EXIT_FILES_FAILED, EXIT_OK, AlignJobConfig
 from pipeline.records import (
-    EMBEDDINGS_NAME, MANIFEST_NAME, STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE, STATUS_OK, STATUSES,
+    EMBEDDINGS_NAME,
+    MANIFEST_NAME,
+    STATUS_ERROR,
+    STATUS_FILTERED,
+    STATUS_NO_FACE,
+    STATUS_OK,
+    STATUSES,
 )
 
 __all__ = ["JobSummary", "RunStats", "make_summary"]

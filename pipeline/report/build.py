@@ -19,16 +19,41 @@ from tqdm.auto import tqdm
 from common.fsio import TEMP_MARKER, atomic_write_text, temp_path
 from pipeline.manifest import compact_manifest, iter_records
 from pipeline.records import (
-    DONE_STATUSES, JOB_NAME, MANIFEST_NAME, REPORT_FILES_NAME, REPORT_NAME, STATUS_OK, SUMMARY_NAME, PhotoRecord,
+    DONE_STATUSES,
+    JOB_NAME,
+    MANIFEST_NAME,
+    REPORT_FILES_NAME,
+    REPORT_NAME,
+    STATUS_OK,
+    SUMMARY_NAME,
+    PhotoRecord,
 )
 from pipeline.report.render import (
-    Pager, counts_html, escape, file_url, identities_html, identity_section, list_row, page, problems_html,
-    sample_html, svg_histogram,
+    Pager,
+    counts_html,
+    escape,
+    file_url,
+    identities_html,
+    identity_section,
+    list_row,
+    page,
+    problems_html,
+    sample_html,
+    svg_histogram,
 )
 from pipeline.report.shards import CropLinks
 from pipeline.report.stats import (
-    MEASURES, NO_FOLDER, OUTLIER, PROBLEM_KINDS, Histogram, Reservoir, face_measures, identity_name, number,
-    problem_kinds, problem_reason,
+    MEASURES,
+    NO_FOLDER,
+    OUTLIER,
+    PROBLEM_KINDS,
+    Histogram,
+    Reservoir,
+    face_measures,
+    identity_name,
+    number,
+    problem_kinds,
+    problem_reason,
 )
 from pipeline.report.thumbs import ProblemThumbs
 

@@ -37,7 +37,11 @@ from pipeline.job.config import recognizer_fingerprint
 from pipeline.job.identity.actors import FaceEmbedPredictor, IdentityCropPredictor
 from pipeline.job.identity.centres import identity_figures, score_identities
 from pipeline.job.identity.driver import (
-    PART_ROWS, actor_recognizer, check_recognizer, identity_summary, prepare_identities,
+    PART_ROWS,
+    actor_recognizer,
+    check_recognizer,
+    identity_summary,
+    prepare_identities,
 )
 from pipeline.job.identity.store import PARTS_DIR, EmbeddingStore, IdentityTable
 from pipeline.records import CENTRES_NAME, EMBEDDINGS_INDEX_NAME, EMBEDDINGS_NAME

@@ -88,7 +88,7 @@ class EmbeddingStore:
     def load(self, number: int) -> np.ndarray:
         return np.load(self._path(number, "npy"), mmap_mode="r")
 
-    def concatenate(self) -> "IdentityTable":
+    def concatenate(self) -> IdentityTable:
         """Read every committed part's index (not its embeddings) and bring ``dst/embeddings.npy``
         and ``dst/embeddings_index.jsonl`` up to date (rewritten only when parts were added)."""
         numbers = self.parts()
@@ -117,7 +117,7 @@ class EmbeddingStore:
             atomic_write_text(state_path, json.dumps(state) + "\n", durable=self.durable)
         return table
 
-    def _write_concatenation(self, table: "IdentityTable") -> None:
+    def _write_concatenation(self, table: IdentityTable) -> None:
         with atomic_path(self.dst / EMBEDDINGS_NAME, durable=self.durable) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(table.rows, table.dim))
             start = 0
