@@ -169,7 +169,7 @@ def _network_rate(detector, photo: np.ndarray, batches: list[int], seconds: floa
     rates = {}
     for b in batches:
         batch, _, sizes = detector.preprocess([photo] * b)
-        rates[str(b)] = round(_rate(lambda _: detector.forward(batch, sizes), [photo] * b, seconds,
+        rates[str(b)] = round(_rate(lambda _: detector.forward(batch, sizes), [photo] * b, seconds,  # noqa: B023
                                     1 if dry else 5, sync), 1)
     return rates
 

@@ -57,7 +57,7 @@ class DenseDetector(abc.ABC):
         """Where an ``height x width`` photo goes under ``policy``."""
 
     @abc.abstractmethod
-    def forward_group(self, images: Sequence[np.ndarray], plans: Sequence[InputPlan], canvas_hw: tuple[int, int]) -> Any:
+    def forward_group(self, images: Sequence[np.ndarray], plans: Sequence[InputPlan], canvas_hw: tuple[int, int]) -> Any:  # noqa: E501
         """Raw outputs for uint8 BGR ``images`` sharing ``canvas_hw`` (valid until the next call)."""
 
     @abc.abstractmethod

@@ -176,7 +176,7 @@ def weights_on_node(spec: "DetectorSpec", asked: str | None) -> "DetectorSpec":
     if asked is not None and str(asked) not in KNOWN_WEIGHTS:  # a file the user named
         raise CheckpointError(
             f"weights file {spec.weights} is not on node {socket.gethostname()}: put it at that path on every node, "
-            "or name registry weights (--weights mobilenet0.25) that each node finds in its own FACEPREP_WEIGHTS or cache")
+            "or name registry weights (--weights mobilenet0.25) that each node finds in its own FACEPREP_WEIGHTS or cache")  # noqa: E501
     return dataclasses.replace(spec, weights=str(resolve_weights(asked)))
 
 
@@ -262,7 +262,7 @@ def _torch_device_of(detector: object) -> str | None:
         return None
 
 
-def check_device(spec: "DetectorSpec", recognizer: object | None = None, asked_weights: str | None = None) -> str | None:
+def check_device(spec: "DetectorSpec", recognizer: object | None = None, asked_weights: str | None = None) -> str | None:  # noqa: E501
     """Build the resolved ``spec`` (and ``recognizer``, an object with ``build()`` such as
     :class:`pipeline.verification.recognizer.OnnxRecognizerConfig`) on its device, run one tiny
     detection, and check that CUDA is what runs. Meant for the process a GPU actor would run in

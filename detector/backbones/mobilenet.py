@@ -26,7 +26,7 @@ from detector.hub import KnownWeights
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["MobileNetV1", "build_mobilenet"]
+__all__ = ["MobileNetV1", "build_mobilenet"]  # noqa: F822
 
 
 @functools.cache

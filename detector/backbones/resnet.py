@@ -20,7 +20,7 @@ from detector.hub import KnownWeights
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["ResNet50", "build_resnet50", "fuse_resnet"]
+__all__ = ["ResNet50", "build_resnet50", "fuse_resnet"]  # noqa: F822
 
 
 @functools.cache

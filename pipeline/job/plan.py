@@ -127,7 +127,7 @@ def plan_workers(resources: Mapping[str, float], *, device: str = "auto", num_wo
     must not spend its time decoding); in the actors on CPU, where every core already runs an
     actor and moving decoded pixels (10-40x the file size) through the object store only adds
     copies. ``"tasks"`` / ``"actors"`` force either.
-    """
+    """  # noqa: E501
     if decode not in ("auto", "tasks", "actors"):
         raise ValueError(f"decode must be 'auto', 'tasks' or 'actors', got {decode!r}")
     cpus = float(resources.get("CPU", 0.0))
@@ -300,7 +300,7 @@ def object_store_budget(plan: WorkerPlan, *, photo_bytes: float, cluster_cpus: f
     ahead until half the object store is full: on a small job that is every input photo held in
     memory, and memory would grow with the job's size. ``None`` where the budget would not be
     below Ray's default anyway.
-    """
+    """  # noqa: E501
     free_cpus = cluster_cpus - plan.num_actors * plan.cpus_per_actor - plan.write_cpus
     read_tasks = max(1, math.floor(free_cpus / plan.read_cpus + 1e-9)) if plan.read_cpus > 0 else 1
     blocks = plan.num_actors * (TASKS_IN_FLIGHT_PER_ACTOR + 1) + read_tasks

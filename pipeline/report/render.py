@@ -103,7 +103,7 @@ align-items:center;justify-content:center;text-align:center;font-size:11px}
 svg .all{fill:#9cc3e6}svg .sel{fill:#2a6fb0}svg .ax{stroke:#888}svg text{font-size:10px;fill:#333}
 svg .y{text-anchor:end}svg .muted{fill:#777}.muted{color:#777}.bad{color:#b00}nav{margin:8px 0}nav a{margin-right:10px}
 details pre{font-size:12px;background:#fff;border:1px solid #ddd;padding:6px;overflow:auto}
-"""
+"""  # noqa: E501
 
 SCRIPT = """
 window.addEventListener('load', function () {
