@@ -24,7 +24,7 @@ real photos). Prints one JSON object on stdout:
 * the target of issue 22: >= 5,000 VGA images/s at batch 64 in fp16 (``targets``).
 
 ``--dry-run`` runs every step on the CPU (torch fp32, onnxruntime CPU; the job with ``--device
-cpu``) with tiny counts, so that tests/test_bench_gpu.py keeps the script working where there is
+cpu``) with tiny counts, so that tests/integration/test_bench_gpu.py keeps the script working where there is
 no GPU.
 """
 

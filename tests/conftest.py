@@ -16,18 +16,6 @@ def mobilenet_weights():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole test session."""
-    import ray
-
-    if not ray.is_initialized():
-        # address="local": never join a `ray start` cluster that a test (or a user) runs on this machine
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def detector_factory(mobilenet_weights):
     """Zero-argument factory of the reference CPU detector (what Ray actors and workers call)."""
     from detector.spec import DetectorSpec

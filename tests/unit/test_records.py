@@ -29,7 +29,7 @@ from pipeline.records import (
 from pipeline.stage import FaceChoice
 from pipeline.writers import FolderCropWriter, OutputLayout
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "manifest_lines.jsonl"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "manifest_lines.jsonl"
 
 
 def _golden_lines() -> list[str]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -22,8 +20,8 @@ from detector.hub import CheckpointError, sha256sum
 from detector.onnx_models import OUTPUT_NAMES, check_weights_file, inspect_onnx
 from detector.spec import DetectorSpec, RuntimeUnavailableError
 from tests.golden_data import golden_detections, golden_image
-from tests.shared import REPO_ROOT, asset
-from tests.test_detector_parity import _as_rows, _match
+from tests.shared import asset
+from tests.unit.test_detector_parity import _as_rows, _match
 
 ENTRIES = golden_detections()["images"]
 RUNTIMES = ("onnxruntime", "openvino")
@@ -75,15 +73,6 @@ def test_exported_file_describes_itself(exported_onnx):
     assert not any(isinstance(d, int) for d in (info.input_shape[0], info.input_shape[2], info.input_shape[3]))
     assert info.output_names == OUTPUT_NAMES
     assert [s[-1] for s in info.output_shapes] == [2, 4, 10]
-
-
-def test_onnx_models_needs_no_torch(exported_onnx, mobilenet_weights):
-    code = ("import sys; from detector.onnx_models import inspect_onnx, check_weights_file; "
-            f"assert inspect_onnx({str(exported_onnx)!r}).family == 'retinaface'; "
-            f"check_weights_file({str(mobilenet_weights)!r}, family='retinaface'); "
-            f"check_weights_file({str(exported_onnx)!r}, family='retinaface'); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
 def test_check_weights_file_accepts_real_files(exported_onnx, mobilenet_weights):

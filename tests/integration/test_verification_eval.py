@@ -34,7 +34,7 @@ from pipeline.verification import (
 )
 from pipeline.verification.runner import format_table, torch_threads
 from tests.shared import MOBILENET_WEIGHTS, REPO_ROOT, asset, golden
-from tests.test_verification_aggregate import reference_scores
+from tests.unit.test_verification_aggregate import reference_scores
 
 ONNX = "weights/mobilefacenet_arcface112.onnx"
 THREADS = 1  # the test machine's cores are shared: one intra-op thread is faster than two under load

@@ -1,0 +1,1 @@
+"""Integration tier: Ray, subprocesses, whole jobs (the align, verification, WIDER FACE and training jobs); slow."""
