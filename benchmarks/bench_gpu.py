@@ -14,7 +14,9 @@ real photos). Prints one JSON object on stdout:
   onnxruntime puts it first, and the providers the session got are listed), ``tensorrt-fp16``
   (onnxruntime's TensorRT provider in fp16, where TensorRT is installed). ``network_images_per_s``
   (torch only) times the network alone on a batch already on the GPU: the gap to the
-  ``detect`` rate is the host-side pre- and post-processing. Backends that cannot run say why
+  ``detect`` rate is the host-side pre- and post-processing; ``input_path`` names the torch
+  detector's input path and ``padded_images_per_s`` / ``shape_batches_images_per_s`` time the
+  other one (:class:`detector.inference.Detector`'s ``group_shapes``). Backends that cannot run say why
   (the align job's GPU check, :func:`detector.probe.check_device`).
 * ``job``: the align job (Ray, one GPU, its default GPU plan) on ``--photos`` photos (2,000
   copies of the real deepface photos, cycled): photos/s, the plan, and the GPU utilisation sampled
@@ -161,7 +163,17 @@ def bench_detector(*, dry: bool, batches: list[int], seconds: float, weights: st
                 entry["images_per_s"][str(b)] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         if spec.runtime == "torch":
             entry["network_images_per_s"] = _network_rate(detector, photo, batches, seconds, sync, dry)
+            entry["input_path"] = _PATHS[detector.group_shapes]
+            detector.group_shapes = not detector.group_shapes  # the other input path, for comparison
+            entry[f"{_PATHS[detector.group_shapes]}_images_per_s"] = {
+                str(b): round(_rate(detector.detect, [photo] * b, seconds, 1 if dry else 5, sync), 1) for b in batches}
     return results
+
+
+_PATHS = {True: "shape_batches", False: "padded"}
+"""The torch detector's input paths (:class:`detector.inference.Detector`'s ``group_shapes``): uint8
+batches of one shape, one pinned copy, normalised on the device (the CUDA default); or one padded
+float batch resized on the host (the CPU default)."""
 
 
 def _network_rate(detector, photo: np.ndarray, batches: list[int], seconds: float, sync, dry: bool) -> dict[str, Any]:

@@ -127,6 +127,35 @@ class RetinaFaceInput:
         scales_t = torch.tensor(scales, dtype=torch.float32, device=self.device)
         return batch.permute(0, 3, 1, 2), scales_t, sizes
 
+    def grouped(self, images: Sequence[np.ndarray], policy: ResizePolicy) -> list[tuple[list[int], Tensor, Tensor]]:
+        """The images in batches of one detector-input shape (no padding, no mask): per batch
+        ``(indices into images, Tensor[B, 3, h, w]`` normalised float32 channels_last network
+        input on the device, ``Tensor[B]`` resize factors), the batches in order of first image.
+
+        Images of one size and scale are stacked as uint8 into one host buffer (page-locked when
+        the device is CUDA) and copied to the device at once; the resize (bilinear, sampled as
+        ``cv2.resize`` with ``fx = fy = s`` samples it), channel order and mean / std run there.
+        """
+        check_image_list(images)
+        arrays = [as_bgr_uint8(img, i) for i, img in enumerate(images)]
+        groups: dict[tuple[int, int, float], list[int]] = {}
+        for i, img in enumerate(arrays):
+            h, w = img.shape[:2]
+            groups.setdefault((h, w, policy.scale(h, w)), []).append(i)
+        pinned = self.device.type == "cuda"
+        out = []
+        for (h, w, s), idx in groups.items():
+            host = torch.empty((len(idx), h, w, 3), dtype=torch.uint8, pin_memory=pinned)
+            np.stack([arrays[i] for i in idx], out=host.numpy())  # the one host copy
+            x = host.to(self.device, non_blocking=pinned).permute(0, 3, 1, 2)[:, self._channel_order].float()
+            if s != 1.0:  # cv2's output size (round) and sampling (source = (dst + 0.5) / s - 0.5)
+                x = torch.ops.aten.upsample_bilinear2d(x, [int(round(h * s)), int(round(w * s))], False, s, s)
+            x = x - self._mean
+            x = x if self._unit_std else x / self._std
+            scales = torch.full((len(idx),), s, dtype=torch.float32, device=self.device)
+            out.append((idx, x.contiguous(memory_format=torch.channels_last), scales))
+        return out
+
     def _tensor(self, images: Tensor, policy: ResizePolicy) -> tuple[Tensor, Tensor, Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputImageError(f"expected a Tensor[B, 3, H, W] of BGR pixels, got shape {tuple(images.shape)}")
@@ -169,10 +198,12 @@ class RetinaFacePostprocess:
 
     @torch.inference_mode()
     def __call__(self, output: RetinaFaceOutput, input_size: tuple[int, int], scales: Tensor,
-                 config: PostprocessConfig | None = None) -> list[Detections]:
+                 config: PostprocessConfig | None = None, *, to_host: bool = False) -> list[Detections]:
         """Decode raw outputs of a ``input_size = (H, W)`` batch into per-image detections.
 
-        ``scales[b]`` is the resize factor of image ``b``; results are divided by it.
+        ``scales[b]`` is the resize factor of image ``b``; results are divided by it. ``to_host``:
+        the detections as CPU tensors, the whole batch's in one device-to-host copy (else on the
+        outputs' device, one masked selection per image).
         """
         cfg = config or self.config
         logits = output.cls_logits.float()
@@ -184,8 +215,9 @@ class RetinaFacePostprocess:
         k = min(int(above.sum(dim=1).max()), cfg.top_k)  # the one host sync
         dev = margin.device
         if k == 0:
-            empty = Detections(torch.zeros(0, 4, device=dev), torch.zeros(0, device=dev),
-                               torch.zeros(0, 5, 2, device=dev))
+            at = torch.device("cpu") if to_host else dev
+            empty = Detections(torch.zeros(0, 4, device=at), torch.zeros(0, device=at),
+                               torch.zeros(0, 5, 2, device=at))
             return [empty] * batch_size
         top_margin, top_idx = margin.topk(k, dim=1)  # sorted, [B, K]
         top_scores = torch.sigmoid(top_margin)
@@ -201,6 +233,11 @@ class RetinaFacePostprocess:
         keep &= keep.cumsum(dim=1) <= cfg.keep_top_k
         ldeltas = torch.gather(output.landmark_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 10))
         landmarks = self.coder.decode_landmarks(ldeltas, anchors) * inv[..., None]
+        if to_host:  # [B, K, 4 + 1 + 10 + 1]: one copy, then the per-image selections on the host
+            packed = torch.cat([boxes, top_scores[..., None], landmarks.reshape(batch_size, k, 10),
+                                keep[..., None].to(boxes.dtype)], dim=2).cpu()
+            picked = [packed[b][packed[b, :, 15] > 0] for b in range(batch_size)]
+            return [Detections(p[:, :4], p[:, 4], p[:, 5:15].reshape(-1, 5, 2)) for p in picked]
         return [Detections(boxes[b][keep[b]], top_scores[b][keep[b]], landmarks[b][keep[b]])
                 for b in range(batch_size)]
 
@@ -212,13 +249,20 @@ class Detector:
     Call :meth:`detect` (or the instance) with a list of ``HxWx3`` uint8 BGR images, or with one
     ``Tensor[B, 3, H, W]`` of BGR pixel values. Build it from a spec
     (``DetectorSpec(runtime="torch", ...).build()``), or from a model in training code.
+
+    ``group_shapes`` (default: on CUDA): a list of images runs as batches of one input shape
+    (:meth:`RetinaFaceInput.grouped`: uint8 in, one pinned host-to-device copy per batch,
+    normalised on the device, no padding mask) and its detections come back as CPU tensors, one
+    device-to-host copy per batch. Off (the CPU default): one zero-padded batch with the padding
+    mask, the resize by ``cv2`` on the host (reference-exact), detections on the device.
     """
 
     def __init__(self, model: RetinaFace, *, device: str | torch.device | None = None, fp16: bool = False,
                  resize: "ResizePolicy | str | int | None" = None,
                  postprocess: PostprocessConfig = PostprocessConfig(), fuse: bool = True,
-                 nms_budget: int = 64_000_000) -> None:
+                 nms_budget: int = 64_000_000, group_shapes: bool | None = None) -> None:
         device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.group_shapes = device.type == "cuda" if group_shapes is None else bool(group_shapes)
         if fp16 and device.type != "cuda":
             raise ValueError("fp16 inference is only supported on CUDA devices")
         self.config: ModelConfig = model.config
@@ -275,9 +319,19 @@ class Detector:
                resize: "ResizePolicy | str | int | None" = None, conf_threshold: float | None = None,
                nms_threshold: float | None = None, top_k: int | None = None,
                keep_top_k: int | None = None) -> list[Detections]:
-        """Detect faces; one :class:`Detections` per input image (tensors on the model's device)."""
+        """Detect faces; one :class:`Detections` per input image (tensors on the model's device, or
+        on the CPU for a list of images with ``group_shapes``)."""
         cfg = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
                                                top_k=top_k, keep_top_k=keep_top_k)
+        if self.group_shapes and not isinstance(images, Tensor):
+            policy = self.resize if resize is None else ResizePolicy.parse(resize)
+            results: list[Detections | None] = [None] * len(images)
+            for idx, batch, scales in self.inputs.grouped(images, policy):
+                output = self.forward(batch)
+                found = self.decoder(output, (batch.shape[2], batch.shape[3]), scales, cfg, to_host=True)
+                for i, d in zip(idx, found):
+                    results[i] = d
+            return results
         batch, scales, sizes = self.preprocess(images, resize=resize)
         output = self.forward(batch, sizes)
         return self.decoder(output, (batch.shape[2], batch.shape[3]), scales, cfg)

@@ -10,7 +10,8 @@ verification, the alignment study, a training ``Dataset``.
 * ``aligner.align(images)`` (or ``aligner(images)``): ``HxWx3`` uint8 images ->
   ``list[list[AlignedFace]]``, one list per image in selection order.
 * ``aligner.run(photos)``: :class:`PhotoInput` (pixels, or a file's bytes decoded here as a JPEG
-  draft where the detector would shrink the photo anyway, or given landmarks) ->
+  draft where the detector would shrink the photo anyway, or such a draft decoded already, or
+  given landmarks; :mod:`pipeline.photo`) ->
   :class:`FaceChoice` per photo: every face with its quality, which were selected, their crops,
   or why none was (``filtered``, ``error``).
 
@@ -34,7 +35,9 @@ from detector.config import ResizePolicy
 from pipeline.align import AlignedCrops, align_faces, transform_points
 from pipeline.config import AlignConfig
 from pipeline.curation.quality import QualityFilter, face_quality
-from pipeline.images import ImageReadError, decode_image, draft_factor, probe_image
+from pipeline.images import ImageReadError
+from pipeline.photo import Photo as _Photo
+from pipeline.photo import PhotoInput
 from pipeline.refine import match_face, needs_refinement, refine_windows
 from pipeline.select import select_faces
 
@@ -72,18 +75,6 @@ class AlignedFace:
     def crop_landmarks(self) -> np.ndarray:
         """``[5, 2]`` float64 landmarks in crop pixels (near the template for a good fit)."""
         return transform_points(self.landmarks, self.matrix)
-
-
-@dataclass(frozen=True, eq=False)
-class PhotoInput:
-    """One photo for :meth:`FaceAligner.run`: ``image`` (``HxWx3`` uint8 in ``config.color``
-    order) or ``data`` (the encoded file), ``source`` (its name in errors), and optionally
-    ``landmarks``: given ``[5, 2]`` photo-pixel points to align from without detection."""
-
-    image: np.ndarray | None = None
-    data: bytes | None = None
-    source: str = ""
-    landmarks: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,48 +126,6 @@ class FaceChoice:
                             landmarks=self.landmarks[i], matrix=self.matrices[j], inverse=inverse[j],
                             face_index=int(i))
                 for j, i in enumerate(self.selected)]
-
-
-class _Photo:
-    """A photo decoded lazily: at the largest JPEG draft that a given scale allows, or in full."""
-
-    def __init__(self, inp: PhotoInput, config: AlignConfig, *, draft: bool) -> None:
-        self.source = inp.source
-        self._config = config
-        self._data = inp.data
-        self._images: dict[int, np.ndarray] = {}
-        self._draft = draft and inp.image is None
-        if inp.image is not None:
-            image = np.ascontiguousarray(as_bgr_uint8(inp.image, 0))
-            if config.color == "rgb":
-                image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-            self._images[1] = image
-            self.shape = image.shape[:2]
-            self._info = None
-        elif inp.data is not None:
-            self._info = probe_image(inp.data, source=inp.source)
-            h, w = self._info.height, self._info.width
-            if config.exif_orientation and self._info.orientation in (5, 6, 7, 8):
-                h, w = w, h
-            self.shape = (h, w)
-        else:
-            raise ValueError("a PhotoInput needs an image or data")
-
-    def at(self, scale: float) -> tuple[np.ndarray, tuple[float, float]]:
-        """The photo decoded with at least ``scale`` of its resolution, and the photo pixels per
-        image pixel ``(rx, ry)`` (1 unless a JPEG draft). An image decoded before is reused when
-        it is fine enough; else the largest JPEG draft that keeps ``scale`` is decoded."""
-        needed = draft_factor(self.shape[0], self.shape[1], scale) if self._draft else 1
-        fine_enough = [f for f in self._images if f <= needed]
-        factor = max(fine_enough) if fine_enough else needed
-        image = self._images.get(factor)
-        if image is None:
-            cfg = self._config
-            image = decode_image(self._data, source=self.source, max_pixels=cfg.max_pixels,
-                                 exif_orientation=cfg.exif_orientation, reduce=factor, info=self._info)
-            self._images[factor] = image
-        h, w = image.shape[:2]
-        return image, (self.shape[1] / w, self.shape[0] / h)
 
 
 class FaceAligner:

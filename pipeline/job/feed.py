@@ -14,13 +14,15 @@ as without ``draft``), ``pixels`` the draft, ``height``/``width`` the draft's si
 ``full_height``/``full_width`` the upright photo's size (0 when not drafted).
 
 The job turns this on only for a predictor that declares ``takes_read_drafts = True``
-(:data:`DRAFTS_ATTRIBUTE`): :class:`pipeline.job.stages.FaceCropPredictor` does not yet, because
-:class:`pipeline.stage.PhotoInput` takes either pixels (then taken as the full photo) or a file,
-not a draft of a file; until then GPU read tasks ship full-size uint8 pixels (never float).
+(:data:`DRAFTS_ATTRIBUTE`), as :class:`pipeline.job.stages.FaceCropPredictor` (and its
+subclasses) do: :func:`photo_input` makes such a row a :class:`pipeline.photo.PhotoInput` with
+the draft, the full size and the file, so that the actor detects on the draft and decodes the file
+only for finer pixels (a refinement window, a face too small in the draft, a retry).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -28,8 +30,10 @@ import numpy as np
 from detector.config import ResizePolicy
 from detector.probe import on_device, weights_on_node
 from pipeline.images import decode_image, draft_factor, probe_image
+from pipeline.photo import PhotoInput
 
-__all__ = ["DRAFTS_ATTRIBUTE", "decode_for_detection", "on_granted_device", "takes_read_drafts"]
+__all__ = ["DRAFTS_ATTRIBUTE", "decode_for_detection", "draft_reduction", "on_granted_device", "photo_input",
+           "takes_read_drafts"]
 
 
 def decode_for_detection(raw: bytes, *, source: str, resize: ResizePolicy, max_pixels: int | None,
@@ -47,12 +51,41 @@ def decode_for_detection(raw: bytes, *, source: str, resize: ResizePolicy, max_p
     factor = draft_factor(info.height, info.width, resize.scale(info.height, info.width))
     image = decode_image(raw, source=source, max_pixels=max_pixels, exif_orientation=exif_orientation,
                          reduce=factor)
-    if factor == 1:
-        return image, None
     full = (info.height, info.width)
     if exif_orientation and info.orientation in (5, 6, 7, 8):
         full = full[::-1]
+    if factor == 1 or image.shape[:2] == full:  # not drafted (or a format without drafts)
+        return image, None
     return image, full
+
+
+def draft_reduction(full: tuple[int, int], draft: tuple[int, int]) -> int:
+    """The reduction ``N`` (2, 4 or 8) of a JPEG draft of ``draft = (h, w)`` pixels of a photo of
+    ``full = (H, W)`` (the decoder's DCT scaling gives ``ceil(H / N) x ceil(W / N)``).
+
+    Raises:
+        ValueError: ``draft`` is no such draft of ``full``.
+    """
+    for n in (2, 4, 8):
+        if (-(-full[0] // n), -(-full[1] // n)) == tuple(draft):
+            return n
+    raise ValueError(f"{draft[1]}x{draft[0]} is no 1/2, 1/4 or 1/8 JPEG draft of {full[1]}x{full[0]}")
+
+
+def photo_input(batch: dict[str, Any], row: int, *, landmarks: np.ndarray | None = None) -> PhotoInput:
+    """Row ``row`` of a :func:`pipeline.job.stages.read_images` batch (as Ray Data's numpy batch)
+    as a :class:`pipeline.photo.PhotoInput`: the draft with the full size and the file (a drafted
+    row), the decoded photo (a row decoded in full), or the file."""
+    data, h, w = batch["data"][row], int(batch["height"][row]), int(batch["width"][row])
+    source = os.fsdecode(batch["src"][row])
+    if "pixels" in batch and int(batch["full_height"][row]):  # a JPEG draft of the file in `data`
+        full = (int(batch["full_height"][row]), int(batch["full_width"][row]))
+        draft = np.frombuffer(batch["pixels"][row], np.uint8).reshape(h, w, 3)
+        return PhotoInput(data=data, draft=draft, shape=full, factor=draft_reduction(full, (h, w)),
+                          source=source, landmarks=landmarks)
+    if h:  # decoded in full by the read task
+        return PhotoInput(image=np.frombuffer(data, np.uint8).reshape(h, w, 3), source=source, landmarks=landmarks)
+    return PhotoInput(data=data, source=source, landmarks=landmarks)
 
 
 DRAFTS_ATTRIBUTE = "takes_read_drafts"
@@ -73,11 +106,17 @@ def on_granted_device(predictor: type) -> type:
     the driver's file where the node has it, else the node's own ``FACEPREP_WEIGHTS`` / cache /
     download), and the predictor's own. The device: :func:`detector.probe.on_device` (the spec
     itself, or with the test-only ``FACEPREP_TEST_GPU_ON_CPU=1`` the CPU, so that an actor granted
-    a logical GPU runs in CI). The class keeps the predictor's name (Ray names the actors after it)."""
+    a logical GPU runs in CI, and a torch detector there takes the CUDA input path,
+    :class:`detector.inference.Detector`'s ``group_shapes``). The class keeps the predictor's name
+    (Ray names the actors after it)."""
 
     class OnGrantedDevice(predictor):
         def __init__(self, *, detector: Any, asked_weights: str | None = None, **kwargs: Any) -> None:
-            super().__init__(detector=on_device(weights_on_node(detector, asked_weights)), **kwargs)
+            spec = on_device(weights_on_node(detector, asked_weights))
+            super().__init__(detector=spec, **kwargs)
+            built = self._aligner.detector
+            if spec.device != detector.device and hasattr(built, "group_shapes"):
+                built.group_shapes = True  # the test switch: the CUDA input path (batches of one shape), on the CPU
 
     OnGrantedDevice.__name__, OnGrantedDevice.__qualname__ = predictor.__name__, predictor.__qualname__
     OnGrantedDevice.__doc__ = predictor.__doc__

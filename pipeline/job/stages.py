@@ -168,7 +168,8 @@ class FaceCropPredictor:
     The aligner (and its detector) is built once per actor in ``__init__`` (the Ray
     batch-inference pattern). ``__call__`` takes a :func:`read_images` batch as
     ``dict[str, np.ndarray]`` (rows holding a file's bytes are decoded by the aligner, as JPEG
-    drafts unless ``draft=False``; rows decoded by the read tasks arrive as pixels) and returns an
+    drafts unless ``draft=False``; rows decoded by the read tasks arrive as pixels or as JPEG drafts
+    with the file, :func:`pipeline.job.feed.photo_input`) and returns an
     Arrow batch, one row per photo: ``src``, ``stem``, ``status``, ``error``, ``faces`` (JSON: every
     detection with score >= ``min_score``, with its ``quality``), ``selected`` (JSON: indices into
     ``faces``, one per crop), ``height``, ``width`` (the full photo's), ``num_crops``, ``crops``
@@ -179,6 +180,9 @@ class FaceCropPredictor:
     A row with given points (the ``landmarks`` column, :mod:`pipeline.curation.landmarks`) is
     aligned from them without detection.
     """
+
+    takes_read_drafts = True
+    """Rows of read tasks that decode JPEG drafts are taken as drafts (:mod:`pipeline.job.feed`)."""
 
     def __init__(self, *, detector: DetectorSpec, align: AlignConfig, detect_batch_size: int = 1,
                  on_no_face: str = "skip", draft: bool = False,
@@ -196,11 +200,9 @@ class FaceCropPredictor:
         self._crop_shape = align.crop_shape
 
     def _photo(self, row: int, batch: dict[str, np.ndarray], given: np.ndarray | None) -> PhotoInput:
-        data, h, w = batch["data"][row], int(batch["height"][row]), int(batch["width"][row])
-        source = os.fsdecode(batch["src"][row])
-        if h:  # decoded by the read task
-            return PhotoInput(image=np.frombuffer(data, np.uint8).reshape(h, w, 3), source=source, landmarks=given)
-        return PhotoInput(data=data, source=source, landmarks=given)
+        from pipeline.job.feed import photo_input
+
+        return photo_input(batch, row, landmarks=given)
 
     def _row(self, choice: FaceChoice | None, error: str) -> dict[str, Any]:
         size = choice.shape if choice is not None else (0, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.test_curation_landmarks import given_tree  # noqa: F401
+from tests.unit.test_gpu_layout import small_tree  # noqa: F401
 from tests.unit.test_job_trust import bad_weights  # noqa: F401
 from tests.unit.test_onnx_runtime import exported_onnx  # noqa: F401
 from tests.unit.test_widerface_eval import expected_ap, gt, seed1_dir  # noqa: F401

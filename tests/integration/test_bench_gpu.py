@@ -20,6 +20,8 @@ def test_the_device_benchmark_dry_run_measures_every_step_on_the_cpu():
     assert torch_fp16["device"] == "cpu" and set(torch_fp16["images_per_s"]) == {"1", "2"}
     assert all(isinstance(v, float) and v > 0 for v in torch_fp16["images_per_s"].values())
     assert all(v > 0 for v in torch_fp16["network_images_per_s"].values())
+    # the CPU's padded path, and the CUDA input path (batches of one shape) run on the CPU
+    assert torch_fp16["input_path"] == "padded" and torch_fp16["shape_batches_images_per_s"]["2"] > 0
     ort = result["detector"]["onnxruntime-cuda"]  # on the CPU in the dry run
     assert ort["providers"] == ["CPUExecutionProvider"] and ort["images_per_s"]["2"] > 0
     job = result["job"]

@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -70,21 +69,6 @@ def _align_main():
     return runpy.run_path(str(REPO / "jobs" / "align_dataset.py"), run_name="align_dataset")["main"]
 
 
-@pytest.fixture(scope="module")
-def small_tree(tmp_path_factory) -> Path:
-    """Four photos: two portraits, a 1280x886 group photo (a 1/2 draft) and a portrait enlarged
-    to 2600x1950 (a 1/4 draft)."""
-    src = tmp_path_factory.mktemp("gpu_tree") / "raw"
-    (src / "a").mkdir(parents=True)
-    (src / "b").mkdir()
-    shutil.copy(asset("verification/deepface/img1.jpg"), src / "a" / "1.jpg")
-    shutil.copy(asset("verification/deepface/img2.jpg"), src / "a" / "2.jpg")
-    shutil.copy(asset("images/group_insightface_t1.jpg"), src / "b" / "group.jpg")
-    face = cv2.imread(str(asset("verification/deepface/img3.jpg")))
-    cv2.imwrite(str(src / "b" / "big.jpg"), cv2.resize(face, (2600, 1950)), [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return src
-
-
 def test_device_cuda_on_logical_gpus_without_cuda_stops_before_any_photo(gpu_ray, small_tree, tmp_path, capfd,
                                                                          mobilenet_weights):
     dst = tmp_path / "aligned"
@@ -124,8 +108,9 @@ def test_the_gpu_layout_writes_the_manifest_of_the_cpu_layout(gpu_ray, small_tre
     from pipeline.job.feed import takes_read_drafts
     from pipeline.job.stages import FaceCropPredictor
 
-    # read-task drafts are used once the actor takes them (pipeline.job.feed): today full-size uint8 pixels
-    assert ("uint8 JPEG drafts" in gpu.plan) == takes_read_drafts(FaceCropPredictor)
+    # the read tasks decode JPEG drafts and the actors take them (pipeline.job.feed): group.jpg (1/2)
+    # and big.jpg (1/4) reach the GPU actors as drafts plus their files
+    assert takes_read_drafts(FaceCropPredictor) and "uint8 JPEG drafts" in gpu.plan
     assert "reading, decoding and writing in the actors" in cpu.plan
     job = json.loads((tmp_path / "gpu" / "job.json").read_text())["settings"]
     assert job["device"] == "cuda" and (job["detector"]["runtime"], job["detector"]["precision"]) == ("torch", "fp16")

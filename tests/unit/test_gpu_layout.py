@@ -5,7 +5,9 @@ write tasks) on a Ray that advertises 2 logical GPUs, with the test-only switch
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -200,6 +202,122 @@ def test_the_gpu_read_path_ships_uint8_drafts_not_full_size_pixels(photo_12mp):
     assert full.column("height").to_pylist() == [3000] and "pixels" not in full.column_names
 
 
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory) -> Path:
+    """Four photos: two portraits, a 1280x886 group photo (a 1/2 draft) and a portrait enlarged
+    to 2600x1950 (a 1/4 draft)."""
+    src = tmp_path_factory.mktemp("gpu_tree") / "raw"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    shutil.copy(asset("verification/deepface/img1.jpg"), src / "a" / "1.jpg")
+    shutil.copy(asset("verification/deepface/img2.jpg"), src / "a" / "2.jpg")
+    shutil.copy(asset("images/group_insightface_t1.jpg"), src / "b" / "group.jpg")
+    face = cv2.imread(str(asset("verification/deepface/img3.jpg")))
+    cv2.imwrite(str(src / "b" / "big.jpg"), cv2.resize(face, (2600, 1950)), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return src
+
+
+class _DecodeSpy:
+    """Counts the decodes of :class:`pipeline.photo.Photo` (the actor's own decodes of a file)."""
+
+    def __init__(self, monkeypatch):
+        import pipeline.photo
+
+        self.reductions: list[int] = []
+        real = pipeline.photo.decode_image
+
+        def spy(*args, **kwargs):
+            self.reductions.append(kwargs.get("reduce", 1))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline.photo, "decode_image", spy)
+
+
+def test_the_gpu_actor_takes_the_drafts_and_decodes_nothing_full_size_for_a_large_face(photo_12mp, monkeypatch,
+                                                                                       mobilenet_weights):
+    """The actor's inputs: a read task's row of a 12 MP photo is the 1/4 draft plus the file
+    (uint8, under 1/8 of the full pixels), and a face large in the draft is detected, measured and
+    cropped from the draft alone: the actor decodes nothing (the job's defaults, ``long:640``)."""
+    from pipeline.job.feed import photo_input
+    from pipeline.job.stages import FaceCropPredictor, _columns, read_images
+
+    batch = {"src": np.array([[b"p/big.jpg"]], dtype=object), "stem": np.array([[b"p/big"]], dtype=object)}
+    rows = _columns(read_images(batch, src_root=str(photo_12mp), decode=True, max_pixels=None,
+                                exif_orientation=True, draft=DETECT))
+    arrays = [np.asarray(v) for v in rows.values()]
+    assert not [a for a in arrays if a.dtype.kind == "f"]  # nothing float
+    shipped = sum(sum(map(len, a)) if a.dtype == object else a.nbytes for a in arrays)
+    assert shipped < 3000 * 4000 * 3 / 8
+    inp = photo_input(rows, 0)
+    assert inp.image is None and inp.draft.shape == (750, 1000, 3) and inp.draft.dtype == np.uint8
+    assert (inp.shape, inp.factor, len(inp.data)) == ((3000, 4000), 4, (photo_12mp / "p/big.jpg").stat().st_size)
+    spy = _DecodeSpy(monkeypatch)
+    spec = DetectorSpec(weights=str(mobilenet_weights), runtime="torch", threads=1)
+    out = FaceCropPredictor(detector=spec, align=_job_align(), draft=True)(rows).to_pylist()[0]
+    assert (out["status"], out["height"], out["width"], out["num_crops"]) == ("ok", 3000, 4000, 1)
+    assert spy.reductions == []  # the draft was enough: the 36 MB of pixels were never decoded
+
+
+def _job_align():
+    from pipeline.job.config import job_align_defaults
+
+    return job_align_defaults()
+
+
+def test_a_photo_input_with_its_draft_gives_the_choice_of_the_file(small_tree, monkeypatch, mobilenet_weights):
+    """A PhotoInput holding a read task's JPEG draft (with the file) and one holding only the file
+    give the same FaceChoice, bit for bit: the same draft is detected on, and the finer pixels
+    (the group photo's small faces: refinement windows, full-size crops) are decoded from the file
+    only where needed, never at the draft's own factor."""
+    from pipeline.job.feed import photo_input
+    from pipeline.job.stages import _columns, read_images
+    from pipeline.stage import FaceAligner, PhotoInput
+
+    names = [b"a/1.jpg", b"b/group.jpg", b"b/big.jpg", b"a/2.jpg"]
+    batch = {"src": np.array(names, dtype=object), "stem": np.array(names, dtype=object)}
+    rows = _columns(read_images(batch, src_root=str(small_tree), decode=True, max_pixels=None,
+                                exif_orientation=True, draft=DETECT))
+    aligner = FaceAligner(detector=DetectorSpec(weights=str(mobilenet_weights), runtime="torch", threads=1).build,
+                          config=_job_align(), draft=True)
+    drafted = 0
+    for row, name in enumerate(names):
+        with_draft = photo_input(rows, row)
+        data = (small_tree / name.decode()).read_bytes()
+        spy = _DecodeSpy(monkeypatch)
+        got = aligner.run([with_draft])[0]
+        from_draft = list(spy.reductions)
+        want = aligner.run([PhotoInput(data=data, source=name.decode())])[0]
+        if with_draft.draft is not None:
+            drafted += 1
+            assert with_draft.data == data and with_draft.factor in (2, 4)
+            assert spy.reductions[len(from_draft)] == with_draft.factor  # the file alone: the same draft, decoded here
+            assert all(f < with_draft.factor for f in from_draft), name  # only finer pixels, from the file
+        assert not got.error and got.shape == want.shape
+        assert got.selected == want.selected and len(got.selected) >= 1, name
+        for field in ("boxes", "scores", "landmarks", "refined", "crops", "matrices"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=f"{name} {field}")
+        assert got.quality == want.quality, name
+        if name == b"b/group.jpg":
+            assert got.refined.any() and 1 in from_draft  # small faces: refined and cropped at full size
+    assert drafted >= 2  # the group photo (1/2) and the enlarged portrait (1/4)
+
+
+def test_a_draft_must_match_its_photo():
+    from pipeline.job.feed import draft_reduction
+    from pipeline.photo import PhotoInput
+
+    assert draft_reduction((3000, 4000), (750, 1000)) == 4 and draft_reduction((1951, 2601), (976, 1301)) == 2
+    with pytest.raises(ValueError, match="no 1/2, 1/4 or 1/8 JPEG draft"):
+        draft_reduction((3000, 4000), (1000, 750))
+    draft = np.zeros((750, 1000, 3), np.uint8)
+    with pytest.raises(ValueError, match="comes with the file's data"):
+        PhotoInput(draft=draft, shape=(3000, 4000), factor=4)
+    with pytest.raises(ValueError, match=r"\(375, 500, 3\) uint8"):
+        PhotoInput(data=b"x", draft=draft, shape=(3000, 4000), factor=8)
+    with pytest.raises(ValueError, match="a factor in"):
+        PhotoInput(data=b"x", draft=draft, shape=(3000, 4000), factor=3)
+
+
 def test_the_object_store_budget_keeps_every_read_task_going_with_12mp_photos(photo_12mp):
     rels = ["p/big.jpg"]
     per_photo = estimate_input_bytes(photo_12mp, rels, decoded=True, draft=DETECT)
@@ -241,3 +359,76 @@ def test_a_node_without_the_drivers_weights_file_resolves_the_named_weights_itse
     with pytest.raises(CheckpointError, match=f"not on node {socket.gethostname()}"):
         weights_on_node(elsewhere, "/home/driver/models/mine.pth")
     assert check_device(elsewhere, asked_weights="/home/driver/models/mine.pth").startswith("weights file ")
+
+
+# ------------------------------------------------------------------------------------ batches of one shape
+
+
+def test_shape_grouped_batches_give_the_padded_batchs_detections(mobilenet_weights, monkeypatch):
+    """The CUDA input path (``group_shapes``, run here on the CPU): photos of one size go through
+    the network together, uint8 in, resized and normalised by torch, without padding or mask, and
+    the detections come back on the host; they match the CPU path's (one padded batch, cv2's
+    resize) to float noise, in the caller's order."""
+    import torch
+
+    from detector.inference import Detector
+
+    face = cv2.imread(str(asset("verification/deepface/img1.jpg")))
+    group = cv2.imread(str(asset("images/group_insightface_t1.jpg")))
+    images = [cv2.resize(face, (1000, 750)), group, cv2.resize(face[:, ::-1], (1000, 750)),
+              cv2.resize(face, (480, 640)), group[:, ::-1].copy()]
+    padded = Detector.from_weights(str(mobilenet_weights), resize="long:640")
+    grouped = Detector.from_weights(str(mobilenet_weights), resize="long:640")
+    grouped.group_shapes = True
+    assert not padded.group_shapes  # the CPU default: unchanged
+    shapes = []
+    forward = grouped.forward
+    monkeypatch.setattr(grouped, "forward", lambda batch, sizes=None: shapes.append(
+        (tuple(batch.shape), sizes, batch.dtype)) or forward(batch, sizes))
+    want, got = padded.detect(images), grouped.detect(images)
+    # three input shapes, one forward each, no mask; the 1000x750 pair shrunk to 640x480 together
+    assert shapes == [((2, 3, 480, 640), None, torch.float32), ((2, 3, 443, 640), None, torch.float32),
+                      ((1, 3, 640, 480), None, torch.float32)]
+    for w, g in zip(want, got):
+        assert g.boxes.device.type == "cpu" and len(g) == len(w) >= 1
+        w, g = w.numpy(), g.numpy()
+        np.testing.assert_allclose(g.scores, w.scores, atol=2e-3)
+        np.testing.assert_allclose(g.boxes, w.boxes, atol=0.5)
+        np.testing.assert_allclose(g.landmarks, w.landmarks, atol=0.5)
+    assert len(got[1]) >= 5  # the group photo, batched with its mirror image
+
+
+def test_the_test_switch_gives_a_cuda_actor_the_cuda_input_path_on_the_cpu(monkeypatch, mobilenet_weights):
+    """Under FACEPREP_TEST_GPU_ON_CPU the GPU layout's actors run the CUDA input path (batches of
+    one shape, results copied to the host per batch) on the CPU, so the layout test covers it."""
+    from pipeline.job.feed import on_granted_device
+    from pipeline.job.stages import FaceCropPredictor
+
+    spec = DetectorSpec(weights=str(mobilenet_weights), runtime="torch", precision="fp16", device="cuda").resolved()
+    monkeypatch.setenv("FACEPREP_TEST_GPU_ON_CPU", "1")
+    built = on_granted_device(FaceCropPredictor)(detector=spec, align=_job_align(), draft=True)._aligner.detector
+    assert (built.device.type, built.fp16, built.group_shapes) == ("cpu", False, True)
+    cpu = on_granted_device(FaceCropPredictor)(detector=dataclasses.replace(spec, device="cpu", precision="fp32"),
+                                               align=_job_align(), draft=True)._aligner.detector
+    assert not cpu.group_shapes
+
+
+
+def test_nms_with_fewer_host_syncs_keeps_what_greedy_nms_keeps():
+    """On a GPU the NMS fixed point is tested every 4 rounds (one host sync each test): the same
+    kept boxes as testing every round and as greedy NMS written out."""
+    import torch
+
+    from detector.boxes import _greedy_keep
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        k = int(torch.randint(1, 40, (1,), generator=gen))
+        suppresses = (torch.rand(3, k, k, generator=gen) < 0.2).triu(1)
+        valid = torch.rand(3, k, generator=gen) < 0.8
+        greedy = torch.zeros_like(valid)
+        for b in range(3):
+            for j in range(k):
+                greedy[b, j] = bool(valid[b, j]) and not bool((greedy[b, :j] & suppresses[b, :j, j]).any())
+        for rounds in (1, 4):
+            assert torch.equal(_greedy_keep(suppresses, valid, rounds), greedy)
