@@ -104,3 +104,17 @@ def test_one_set_of_defaults_for_the_python_api_the_job_and_verification():
     from pipeline.job.config import AlignJobConfig
 
     assert AlignJobConfig(src="a", dst="b").align == job.align
+    # verification: the command line, the Python API and the study's base row use the same AlignConfig
+    from pipeline.verification import EvaluationConfig
+    from pipeline.verification.cli import build_parser as verification_parser
+    from pipeline.verification.cli import evaluation_config_from_args
+    from pipeline.verification.study import default_variants
+
+    args = verification_parser().parse_args(["--lfw", "x", "--model", "m.onnx", "--out", "o"])
+    verification = evaluation_config_from_args(args, has_landmarks=False)
+    assert {f: getattr(verification.align, f) for f in fields} == {f: getattr(defaults, f) for f in fields}
+    assert EvaluationConfig().align == defaults
+    from tests.shared import MOBILENET_WEIGHTS
+
+    spec = DetectorSpec(weights=str(asset(MOBILENET_WEIGHTS)), runtime="torch")
+    assert default_variants(spec)[0].align == defaults
