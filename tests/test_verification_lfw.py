@@ -218,3 +218,45 @@ def test_study_rows_equal_plain_evaluations(mini_lfw):
         assert got.kfold.mean == pytest.approx(want.kfold.mean, abs=1e-12), v.name
         assert rows[v.name]["pairs"] == int(want.pair_mask.sum())
     assert "| base | " in study.markdown() and study.markdown().count("\n") == len(variants) + 1
+
+
+def test_missing_weights_or_model_is_one_line_and_exit_2_before_any_work(tmp_path, monkeypatch, capsys):
+    """No FACEPREP_WEIGHTS, an empty cache and no internet: the command names the weights in one
+    line and exits 2 before any photo is read or any Ray actor started (the align job's rule)."""
+    import urllib.error
+
+    import detector.hub
+    import pipeline.verification.cli as cli
+
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("FACEPREP_WEIGHTS", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no internet (test)")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the checks")
+
+    monkeypatch.setattr(detector.hub, "download", offline)
+    monkeypatch.setattr(cli, "evaluate", no_work)
+    monkeypatch.setattr(cli, "run_study", no_work)
+    model = asset("weights/mobilefacenet_arcface112.onnx")
+    common = ["--pairs", str(asset("verification/deepface/master.csv")), "--out", str(tmp_path / "out")]
+    for extra in ([], ["--study"]):
+        assert cli.main([*common, "--model", str(model), *extra]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: detector weights not usable"), err
+        assert "mobilenet0.25" in err and "FACEPREP_WEIGHTS" in err and "Traceback" not in err
+    # an explicit weights file that does not exist, and a missing recogniser model
+    assert cli.main([*common, "--model", str(model), "--weights", str(tmp_path / "nope.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.pth" in err, err
+    from tests.shared import MOBILENET_WEIGHTS
+
+    assert cli.main([*common, "--model", str(tmp_path / "nope.onnx"), "--weights", str(asset(MOBILENET_WEIGHTS))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.onnx" in err and "--model" in err, err

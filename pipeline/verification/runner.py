@@ -42,7 +42,7 @@ from pipeline.verification.crops import (
 )
 from pipeline.verification.metrics import DEFAULT_FARS, KFoldAccuracy, VerificationMetrics, far_key, kfold_accuracy
 from pipeline.verification.protocols import VerificationProtocol
-from pipeline.verification.executor import run_workers, torch_threads
+from pipeline.verification.executor import check_models, run_workers, torch_threads
 from pipeline.verification.recognizer import RecognizerConfig
 from pipeline.verification.reporting import format_table, plot_roc, write_report
 
@@ -251,6 +251,8 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
     """Crops and features of every photo of ``protocol`` for every source of ``config``."""
     if PROVIDED in config.sources and not protocol.has_landmarks:
         raise ValueError(f"the 'provided' source needs protocol landmarks; {protocol.name} has none")
+    check_models(detectors=[config.detector] if DETECTOR in config.sources or BOX in config.sources else [],
+                 recognizer=recognizer)
     tasks = photo_tasks(protocol)
     if config.strict:
         missing = [t.path for t in tasks if not Path(t.path).is_file()]

@@ -39,6 +39,7 @@ from pipeline.images import ImageReadError, read_image
 from pipeline.select import select_faces
 from pipeline.verification.aggregate import AggregationConfig
 from pipeline.verification.crops import BOX, DETECTOR, CropStatus, box_crop, check_align
+from pipeline.verification.executor import check_models
 from pipeline.verification.protocols import VerificationProtocol
 from pipeline.verification.recognizer import RecognizerConfig
 from pipeline.verification.runner import (
@@ -344,6 +345,7 @@ class StudyResult:
 
 def run_study(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, config: StudyConfig) -> StudyResult:
     """Extract once for all variants (see the module docstring), then score each variant."""
+    check_models(detectors=[v.detector for v in config.variants], recognizer=recognizer)
     tasks = photo_tasks(protocol)
     chunks = [tasks[i:i + config.chunk_size] for i in range(0, len(tasks), config.chunk_size)]
     n, nv = len(tasks), len(config.variants)
