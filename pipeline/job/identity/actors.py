@@ -13,9 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import AlignConfig
-from pipeline.curation.identity import nearest_face
+from pipeline.curation.identity import identity_face
 from pipeline.job.stages import FaceCropPredictor
-from pipeline.select import select_faces
 from pipeline.verification.recognizer import OnnxRecognizerConfig
 from pipeline.writers import identity_of
 
@@ -130,10 +129,7 @@ class IdentityCropPredictor(FaceCropPredictor):
             matched = [_match(f, faces[f]["box"], candidates) for f in selected]
             if self._by_identity and selected:
                 dist = np.array([np.nan if m is None or m[2] is None else m[2] for m in matched])
-                j = nearest_face(dist)
-                if j < 0:  # no known distance: the largest face
-                    boxes = np.array([faces[f]["box"] for f in selected], np.float64)
-                    j = int(select_faces(boxes, np.ones(len(boxes)), image_shape=(1, 1), mode="largest")[0])
+                j = identity_face(dist, np.array([faces[f]["box"] for f in selected], np.float64))
                 array = np.frombuffer(crops, np.uint8).reshape(k, h, w, 3)
                 selected, matched, crops, k = [selected[j]], [matched[j]], array[j:j + 1].tobytes(), 1
             first = matched[0] if matched else None
