@@ -25,9 +25,10 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def _ort_providers(device: str, precision: str) -> list[Any]:
     return providers + ["CPUExecutionProvider"]
 
 
-def _mark_keep_f32(xml: str, pattern: "re.Pattern[str]") -> tuple[str, int]:
+def _mark_keep_f32(xml: str, pattern: re.Pattern[str]) -> tuple[str, int]:
     """Mark the IR layers whose name matches ``pattern`` to keep their original (f32) precision.
 
     OpenVINO's CPU plugin leaves a node out of its bf16 inference precision when the node carries
@@ -202,7 +203,7 @@ def _mark_keep_f32(xml: str, pattern: "re.Pattern[str]") -> tuple[str, int]:
 
 
 def _keep_f32_model(core: Any, model: Any, path: Path,
-                    keep_f32: tuple[str, ...]) -> tuple[Any, "re.Pattern[str] | None"]:
+                    keep_f32: tuple[str, ...]) -> tuple[Any, re.Pattern[str] | None]:
     import openvino as ov
 
     if not keep_f32:
@@ -237,7 +238,7 @@ def _with_pixel_input(model: Any, pixels: PixelInput) -> Any:
     return ppp.build()
 
 
-def _check_kept_f32(compiled: Any, pattern: "re.Pattern[str]", path: Path) -> None:
+def _check_kept_f32(compiled: Any, pattern: re.Pattern[str], path: Path) -> None:
     """Warn if OpenVINO ran the layers meant to stay f32 in bf16 (an OpenVINO without the attribute)."""
     lowered = []
     for op in compiled.get_runtime_model().get_ordered_ops():

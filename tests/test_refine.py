@@ -65,8 +65,11 @@ def test_refined_landmarks_agree_with_the_full_size_detection_better_than_coarse
     refined landmarks are closer to the detection at the photo's own size."""
     data = asset("images/crowd_biubug6_curve_test.jpg").read_bytes()
     every = dict(select="all", min_score=0.8, retry_resize=None)
-    run = lambda **kw: FaceAligner(detector=torch_detector, config=AlignConfig(**every, **kw)).run(  # noqa: E731
-        [PhotoInput(data=data, source="crowd")])[0]
+
+    def run(**kw):
+        aligner = FaceAligner(detector=torch_detector, config=AlignConfig(**every, **kw))
+        return aligner.run([PhotoInput(data=data, source="crowd")])[0]
+
     ref = run(resize="original", refine_size=None)
     coarse = run(resize="cap:512", refine_size=None)
     fine = run(resize="cap:512", refine_size=128)

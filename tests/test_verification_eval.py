@@ -329,5 +329,6 @@ def test_job_command_line(mini_ijbc, tmp_path, capsys):
     assert "provided" in printed and "faces/s" in printed and "report:" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["sources"] == ["provided"]
-    assert report["settings"]["aggregation"] == {"flip": True, "flip_fusion": "sum", "face_score": True, "keep_norm": True}
+    assert report["settings"]["aggregation"] == {"flip": True, "flip_fusion": "sum", "face_score": True,
+                                                 "keep_norm": True}
     assert report["provided"]["pairs"] == 153 and (out / "roc.png").is_file()

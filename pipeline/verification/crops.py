@@ -201,7 +201,8 @@ class CropMaker:
                 crops[DETECTOR], status[DETECTOR], scores[DETECTOR] = None, CropStatus.NO_FACE, 0.0
         if BOX in self.sources:
             if face is not None:
-                crops[BOX], status[BOX], scores[BOX] = box_crop(image, face.box, self.image_size), CropStatus.OK, face.score
+                crops[BOX] = box_crop(image, face.box, self.image_size)
+                status[BOX], scores[BOX] = CropStatus.OK, face.score
             else:
                 crops[BOX] = box_crop(image, whole_image_box(image), self.image_size)
                 status[BOX], scores[BOX] = CropStatus.FALLBACK, fallback_score

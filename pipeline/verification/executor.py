@@ -69,7 +69,8 @@ class _RayWorker:
 def run_workers(worker_cls: type, worker_kwargs: dict, chunks: list[list[Any]], *, bar: tqdm,
                 num_workers: int, threads: int | None, address: str | None, stats: dict[str, Any]) -> Iterable[Any]:
     """``worker_cls(threads=..., **worker_kwargs).process(chunk)`` for every chunk, in this process
-    (``num_workers == 1``) or on Ray actors (see :attr:`pipeline.verification.runner.EvaluationConfig.num_workers`), unordered."""  # noqa: E501
+    (``num_workers == 1``) or on Ray actors (see
+    :attr:`pipeline.verification.runner.EvaluationConfig.num_workers`), unordered."""
     if num_workers == 1:
         return _run_local(worker_cls, worker_kwargs, chunks, bar, threads or 0)
     return _run_ray(worker_cls, worker_kwargs, chunks, bar, num_workers, threads or 1, address, stats)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -40,15 +41,16 @@ from pipeline.verification.crops import (
     parse_sources,
     settings_json,
 )
+from pipeline.verification.executor import check_models, run_workers, torch_threads
 from pipeline.verification.metrics import DEFAULT_FARS, KFoldAccuracy, VerificationMetrics, far_key, kfold_accuracy
 from pipeline.verification.protocols import VerificationProtocol
-from pipeline.verification.executor import check_models, run_workers, torch_threads
 from pipeline.verification.recognizer import RecognizerConfig
 from pipeline.verification.reporting import format_table, plot_roc, write_report
 
 __all__ = [  # format_table, plot_roc, write_report, run_workers and torch_threads: re-exported
-    "ChunkResult", "EvaluationConfig", "EvaluationResult", "Extraction", "ExtractionWorker", "PhotoTask", "SourceResult",
-    "VerificationDataError", "evaluate", "extract", "format_table", "photo_tasks", "plot_roc", "run_workers", "score",
+    "ChunkResult", "EvaluationConfig", "EvaluationResult", "Extraction", "ExtractionWorker", "PhotoTask",
+    "SourceResult", "VerificationDataError", "evaluate", "extract", "format_table", "photo_tasks", "plot_roc",
+    "run_workers", "score",
     "torch_threads", "write_report",
 ]
 
@@ -392,8 +394,8 @@ class EvaluationResult:
         return report
 
 
-def _source_scores(protocol: VerificationProtocol, extraction: Extraction, source: str,
-                   aggregation: AggregationConfig, use_fallbacks: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def _source_scores(protocol: VerificationProtocol, extraction: Extraction, source: str, aggregation: AggregationConfig,
+                   use_fallbacks: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """(pair scores with NaN where unscorable, scorable-pair mask, exclusion counts) of one source."""
     usable = extraction.usable(source, fallbacks=use_fallbacks)
     face_ok = usable[protocol.face_image]
@@ -478,6 +480,7 @@ def score(protocol: VerificationProtocol, extraction: Extraction, *, config: Eva
                             settings=base_settings)
 
 
-def evaluate(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, config: EvaluationConfig) -> EvaluationResult:
+def evaluate(protocol: VerificationProtocol, *, recognizer: RecognizerConfig,
+             config: EvaluationConfig) -> EvaluationResult:
     extraction = extract(protocol, recognizer=recognizer, config=config)
     return score(protocol, extraction, config=config, settings={"recognizer": recognizer.to_json()})

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from pipeline.config import AlignConfig
 from pipeline.images import ImageReadError, read_image
 from pipeline.select import select_faces
 from pipeline.verification.aggregate import AggregationConfig
-from pipeline.verification.crops import BOX, DETECTOR, CropStatus, box_crop, check_align
+from pipeline.verification.crops import BOX, DETECTOR, CropStatus, box_crop, check_align, whole_image_box
 from pipeline.verification.executor import check_models
 from pipeline.verification.protocols import VerificationProtocol
 from pipeline.verification.recognizer import RecognizerConfig
@@ -101,13 +101,15 @@ class StudyVariant:
 
     @property
     def aggregation(self) -> AggregationConfig:
-        return AggregationConfig(flip=self.fusion != "none", flip_fusion="sum" if self.fusion == "none" else self.fusion,
+        return AggregationConfig(flip=self.fusion != "none",
+                                 flip_fusion="sum" if self.fusion == "none" else self.fusion,
                                  face_score=False, keep_norm=True)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "detector": {**self.detector.fingerprint(), "resize": self.align.resize.to_string()},
-                "select": self.align.select, "min_score": self.align.min_score, "source": self.source, "fusion": self.fusion,
-                "use_fallbacks": self.use_fallbacks}
+        return {"name": self.name,
+                "detector": {**self.detector.fingerprint(), "resize": self.align.resize.to_string()},
+                "select": self.align.select, "min_score": self.align.min_score, "source": self.source,
+                "fusion": self.fusion, "use_fallbacks": self.use_fallbacks}
 
 
 def default_variants(base: DetectorSpec, *, align: AlignConfig | None = None,
@@ -217,6 +219,15 @@ class StudyWorker:
         crops: list[np.ndarray] = []
         problems: dict[int, str] = {}
         t_read = t_detect = 0.0
+        made: dict[tuple, int] = {}  # distinct crop of the current photo -> row in ``crops``
+
+        def row(key: tuple, make: Callable[..., np.ndarray], *args: Any) -> int:
+            """Row in ``crops`` of the crop ``make(*args)``, made once per photo and ``key``."""
+            if key not in made:
+                made[key] = len(crops)
+                crops.append(make(*args))
+            return made[key]
+
         for pos, task in enumerate(tasks):
             t0 = time.perf_counter()
             path = Path(task.path)
@@ -233,14 +244,7 @@ class StudyWorker:
             finally:
                 t_read += time.perf_counter() - t0
             t1 = time.perf_counter()
-            made: dict[tuple, int] = {}  # distinct crop -> row in ``crops``
-
-            def row(key: tuple, make) -> int:
-                if key not in made:
-                    made[key] = len(crops)
-                    crops.append(make())
-                return made[key]
-
+            made.clear()
             per_group = [a.detect_and_align([image])[0] for a in self.aligners]
             for v_i, (v, g) in enumerate(zip(self.variants, self.group_of)):
                 dets, faces = per_group[g]
@@ -250,17 +254,15 @@ class StudyWorker:
                     i = int(idx[0])
                     face = next(f for f in faces if f.face_index == i)
                     if v.source == DETECTOR:
-                        crop_of[v_i, pos] = row((g, i, DETECTOR), lambda: face.crop)
+                        crop_of[v_i, pos] = row((g, i, DETECTOR), lambda crop: crop, face.crop)
                     else:
-                        crop_of[v_i, pos] = row((g, i, BOX), lambda: box_crop(image, face.box, self.image_size))
+                        crop_of[v_i, pos] = row((g, i, BOX), box_crop, image, face.box, self.image_size)
                     status[v_i, pos], scores[v_i, pos] = CropStatus.OK, face.score
                 elif v.source == DETECTOR:
-                    crop_of[v_i, pos] = row(("center",), lambda: center_crop(image, (self.image_size,) * 2))
+                    crop_of[v_i, pos] = row(("center",), center_crop, image, (self.image_size,) * 2)
                     status[v_i, pos], scores[v_i, pos] = CropStatus.FALLBACK, 1.0
                 else:  # the box source's own fallback: the whole photo's centred square
-                    h, w = image.shape[:2]
-                    crop_of[v_i, pos] = row(("whole",), lambda: box_crop(image, np.array([0.0, 0.0, w, h]),
-                                                                         self.image_size))
+                    crop_of[v_i, pos] = row(("whole",), box_crop, image, whole_image_box(image), self.image_size)
                     status[v_i, pos], scores[v_i, pos] = CropStatus.FALLBACK, 1.0
             t_detect += time.perf_counter() - t1
         t0 = time.perf_counter()
