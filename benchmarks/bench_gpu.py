@@ -33,6 +33,7 @@ no GPU.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -181,8 +182,8 @@ def _network_rate(detector, photo: np.ndarray, batches: list[int], seconds: floa
     rates = {}
     for b in batches:
         batch, _, sizes = detector.preprocess([photo] * b)
-        rates[str(b)] = round(_rate(lambda _: detector.forward(batch, sizes), [photo] * b, seconds,  # noqa: B023
-                                    1 if dry else 5, sync), 1)
+        rates[str(b)] = round(_rate(lambda _, batch=batch, sizes=sizes: detector.forward(batch, sizes),
+                                    [photo] * b, seconds, 1 if dry else 5, sync), 1)
     return rates
 
 
@@ -232,9 +233,7 @@ def build_tree(root: Path, photos: int) -> Path:
 
 
 def bench_job(*, dry: bool, photos: int, weights: str) -> dict[str, Any]:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         return {"skipped": "ray is not installed"}
     from detector.spec import DetectorSpec
     from pipeline.job import AlignJobConfig, run_align_job

@@ -48,7 +48,8 @@ MIN_SCORE = 0.8
 MIN_WIDTH = 64.0
 
 
-def photo_sets(names: list[str], *, lfw_every: int, wider_every: int, wider_images: Path | None) -> dict[str, list[Path]]:  # noqa: E501
+def photo_sets(names: list[str], *, lfw_every: int, wider_every: int,
+               wider_images: Path | None) -> dict[str, list[Path]]:
     sets: dict[str, list[Path]] = {}
     for name in names:
         if name == "deepface":

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from pipeline.select import box_iou  # noqa: E402
 from tests.shared import MOBILENET_WEIGHTS, asset  # noqa: E402  (the one locator of ../shared)
 
 SETTINGS = {
@@ -57,14 +58,6 @@ def photo_sets(args: argparse.Namespace) -> dict[str, list[Path]]:
     return sets
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def faces_of(choice, every: bool, min_width: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(box, landmarks) of the selected faces, or of every face >= min_width wide with score >= 0.8."""
     if choice.error:
@@ -85,7 +78,7 @@ def compare(ref: list, got: list) -> tuple[int, int, list[float]]:
     for box, lm in ref:
         if not len(boxes):
             continue
-        ious = _iou(box, boxes)
+        ious = box_iou(box, boxes)[0]
         j = int(np.argmax(ious))
         if ious[j] < 0.7:
             continue

@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["finish_shutdown", "project_runtime_env", "ray_session"]
 
-_shutdown: "threading.Thread | None" = None
+_shutdown: threading.Thread | None = None
 """A Ray shutdown still running in the background (see ``ray_session(background_shutdown=True)``)."""
 
 

@@ -31,12 +31,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import AnchorConfig, ModelConfig, ResizePolicy, available_presets, get_preset  # noqa: F401
     from .api import Detections, FaceDetector, InputImageError, PostprocessConfig  # noqa: F401
-    from .inference import Detector  # noqa: F401
-    from .spec import DetectorSpec  # noqa: F401
-    from .model import RetinaFace, RetinaFaceOutput  # noqa: F401
+    from .config import AnchorConfig, ModelConfig, ResizePolicy, available_presets, get_preset  # noqa: F401
     from .hub import CheckpointError, resolve_weights  # noqa: F401
+    from .inference import Detector  # noqa: F401
+    from .model import RetinaFace, RetinaFaceOutput  # noqa: F401
+    from .spec import DetectorSpec  # noqa: F401
     from .weights import load_model, save_checkpoint  # noqa: F401
 
 

@@ -15,8 +15,9 @@ Build detectors from a :class:`detector.spec.DetectorSpec`, never by hand in cal
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -49,7 +50,7 @@ class PostprocessConfig:
         if int(self.top_k) < 1 or int(self.keep_top_k) < 1:
             raise ValueError(f"top_k and keep_top_k must be >= 1, got {self.top_k}, {self.keep_top_k}")
 
-    def override(self, **fields: float | int | None) -> "PostprocessConfig":
+    def override(self, **fields: float | int | None) -> PostprocessConfig:
         """This config with the given non-``None`` fields replaced (a detector's per-call overrides)."""
         given = {k: v for k, v in fields.items() if v is not None}
         return dataclasses.replace(self, **given) if given else self
@@ -77,7 +78,7 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def numpy(self) -> "Detections":
+    def numpy(self) -> Detections:
         def conv(x: Any) -> np.ndarray:
             if hasattr(x, "detach"):  # a torch tensor; duck-typed so this module needs no torch
                 x = x.detach().float().cpu().numpy()
@@ -99,7 +100,7 @@ class FaceDetector(Protocol):
     resize: ResizePolicy
     postprocess_config: PostprocessConfig
 
-    def detect(self, images: Sequence[np.ndarray], *, resize: "ResizePolicy | str | int | None" = None,
+    def detect(self, images: Sequence[np.ndarray], *, resize: ResizePolicy | str | int | None = None,
                conf_threshold: float | None = None, nms_threshold: float | None = None,
                top_k: int | None = None, keep_top_k: int | None = None) -> list[Detections]: ...
 

@@ -11,8 +11,9 @@ is plain configuration, importable without torch.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         data = dict(data)
         anchors = data.pop("anchors")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -156,7 +157,7 @@ BIUBUG6_ANCHORS = AnchorConfig(min_sizes=((16.0, 32.0), (64.0, 128.0), (256.0, 5
 """biubug6's anchors: two sizes per level at strides 8, 16, 32 (the MobileNet-0.25 and ResNet-50 presets)."""
 
 
-def _registered_presets() -> dict[str, "ModelConfig"]:
+def _registered_presets() -> dict[str, ModelConfig]:
     from .backbones import registered_presets
 
     return registered_presets()
@@ -200,27 +201,27 @@ class ResizePolicy:
             raise ValueError(f"resize mode {self.mode!r} needs a positive size")
 
     @classmethod
-    def original(cls) -> "ResizePolicy":
+    def original(cls) -> ResizePolicy:
         return cls("original")
 
     @classmethod
-    def long_side(cls, size: int) -> "ResizePolicy":
+    def long_side(cls, size: int) -> ResizePolicy:
         return cls("long_side", int(size))
 
     @classmethod
-    def cap(cls, size: int) -> "ResizePolicy":
+    def cap(cls, size: int) -> ResizePolicy:
         return cls("cap", int(size))
 
     @classmethod
-    def short_side(cls, size: int, max_size: int | None = None) -> "ResizePolicy":
+    def short_side(cls, size: int, max_size: int | None = None) -> ResizePolicy:
         return cls("short_side", int(size), None if max_size is None else int(max_size))
 
     @classmethod
-    def widerface(cls) -> "ResizePolicy":
+    def widerface(cls) -> ResizePolicy:
         return cls.short_side(1600, 2150)
 
     @classmethod
-    def parse(cls, spec: "str | int | ResizePolicy | None") -> "ResizePolicy":
+    def parse(cls, spec: str | int | ResizePolicy | None) -> ResizePolicy:
         """``None``/``"original"``, an int or ``"long:640"`` (long side), ``"cap:1024"``,
         ``"short:1600"`` / ``"short:1600,2150"``, ``"widerface"``."""
         if spec is None:

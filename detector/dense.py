@@ -57,7 +57,8 @@ class DenseDetector(abc.ABC):
         """Where an ``height x width`` photo goes under ``policy``."""
 
     @abc.abstractmethod
-    def forward_group(self, images: Sequence[np.ndarray], plans: Sequence[InputPlan], canvas_hw: tuple[int, int]) -> Any:  # noqa: E501
+    def forward_group(self, images: Sequence[np.ndarray], plans: Sequence[InputPlan],
+                      canvas_hw: tuple[int, int]) -> Any:
         """Raw outputs for uint8 BGR ``images`` sharing ``canvas_hw`` (valid until the next call)."""
 
     @abc.abstractmethod

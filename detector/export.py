@@ -61,7 +61,7 @@ def _export_bytes(net, opset: int) -> bytes:
                               dynamic_axes={INPUT_NAME: dyn_in,
                                             **{n: {0: "batch", 1: "anchors"} for n in OUTPUT_NAMES}})
         return buf.getvalue()
-    except Exception as legacy_exc:  # noqa: BLE001 - removed / broken legacy exporter: try dynamo
+    except Exception as legacy_exc:  # any failure: removed / broken legacy exporter: try dynamo
         from torch.export import Dim
 
         try:

@@ -36,7 +36,7 @@ class Family:
 
     name: str
     runtimes: tuple[str, ...]
-    build: Callable[["DetectorSpec"], "FaceDetector"]
+    build: Callable[[DetectorSpec], FaceDetector]
     default_weights: str | None = None
 
 

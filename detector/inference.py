@@ -7,8 +7,8 @@ the images; the only per-image work is slicing the final per-image results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -64,7 +64,7 @@ class _PaddingMask:
         x = args[0]
         return (x * self._mask((x.shape[-2], x.shape[-1]), x),) + tuple(args[1:])
 
-    def __enter__(self) -> "_PaddingMask":
+    def __enter__(self) -> _PaddingMask:
         for module in self.model.modules():
             spatial_conv = isinstance(module, torch.nn.Conv2d) and max(module.kernel_size) > 1
             if spatial_conv or isinstance(module, torch.nn.MaxPool2d):
@@ -258,7 +258,7 @@ class Detector:
     """
 
     def __init__(self, model: RetinaFace, *, device: str | torch.device | None = None, fp16: bool = False,
-                 resize: "ResizePolicy | str | int | None" = None,
+                 resize: ResizePolicy | str | int | None = None,
                  postprocess: PostprocessConfig = PostprocessConfig(), fuse: bool = True,
                  nms_budget: int = 64_000_000, group_shapes: bool | None = None) -> None:
         device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -285,15 +285,15 @@ class Detector:
     @classmethod
     def from_weights(cls, weights: str | Path | None = None, *, preset: str | ModelConfig | None = None,
                      device: str | torch.device = "cpu", fp16: bool = False,
-                     resize: "ResizePolicy | str | int | None" = None,
-                     postprocess: PostprocessConfig | None = None) -> "Detector":
+                     resize: ResizePolicy | str | int | None = None,
+                     postprocess: PostprocessConfig | None = None) -> Detector:
         """Load weights (path, registry name, or ``None`` for the default MobileNet-0.25) and build a
         detector. Library code builds detectors through :class:`detector.spec.DetectorSpec`."""
         model = load_model(weights, preset=preset, device=device)
         return cls(model, device=device, fp16=fp16, resize=resize, postprocess=postprocess or PostprocessConfig())
 
     def preprocess(self, images: Sequence[np.ndarray] | Tensor, *,
-                   resize: "ResizePolicy | str | int | None" = None) -> tuple[Tensor, Tensor, Tensor]:
+                   resize: ResizePolicy | str | int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """See :class:`RetinaFaceInput`."""
         return self.inputs(images, self.resize if resize is None else ResizePolicy.parse(resize))
 
@@ -316,7 +316,7 @@ class Detector:
         return self.decoder(output, input_size, scales, config)
 
     def detect(self, images: Sequence[np.ndarray] | Tensor, *,
-               resize: "ResizePolicy | str | int | None" = None, conf_threshold: float | None = None,
+               resize: ResizePolicy | str | int | None = None, conf_threshold: float | None = None,
                nms_threshold: float | None = None, top_k: int | None = None,
                keep_top_k: int | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per input image (tensors on the model's device, or

@@ -25,9 +25,10 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -88,9 +89,11 @@ def _dims(shape: Any) -> Shape:
     return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
 
 
-@dataclass
-class _OrtSession:
-    session: Any
+@dataclass(kw_only=True)
+class _Declared:
+    """What either runtime's session says about the file (the :class:`OnnxSession` fields), and
+    its :class:`PixelInput` when it takes raw pixels."""
+
     runtime: str
     input_name: str
     output_names: tuple[str, ...]
@@ -99,14 +102,19 @@ class _OrtSession:
     output_shapes: tuple[Shape, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
 
+
+@dataclass(kw_only=True)
+class _OrtSession(_Declared):
+    session: Any
+
     def run(self, x: np.ndarray, *, copy: bool = True) -> list[np.ndarray]:
         if self.pixels is not None:
             x = self.pixels.to_nchw(x)
         return self.session.run(None, {self.input_name: x})  # fresh arrays: copy or not
 
 
-@dataclass
-class _OpenVinoSession:
+@dataclass(kw_only=True)
+class _OpenVinoSession(_Declared):
     """An OpenVINO session: one request of the dynamic-shape model, plus static-shape ones.
 
     OpenVINO runs a model compiled for one fixed input shape ~8 % faster than the dynamic-shape
@@ -116,13 +124,6 @@ class _OpenVinoSession:
     curated set) run on it, photos of many sizes keep the dynamic model and never thrash."""
 
     request: Any
-    runtime: str
-    input_name: str
-    output_names: tuple[str, ...]
-    pixels: PixelInput | None = None
-    input_shape: Shape = ()
-    output_shapes: tuple[Shape, ...] = ()
-    metadata: dict[str, str] = field(default_factory=dict)
     compile_static: Callable[[tuple[int, ...]], Any] | None = None
     seen: dict[tuple[int, ...], int] = field(default_factory=dict)
     static: dict[tuple[int, ...], Any] = field(default_factory=dict)
@@ -174,7 +175,7 @@ def _ort_providers(device: str, precision: str) -> list[Any]:
     return providers + ["CPUExecutionProvider"]
 
 
-def _mark_keep_f32(xml: str, pattern: "re.Pattern[str]") -> tuple[str, int]:
+def _mark_keep_f32(xml: str, pattern: re.Pattern[str]) -> tuple[str, int]:
     """Mark the IR layers whose name matches ``pattern`` to keep their original (f32) precision.
 
     OpenVINO's CPU plugin leaves a node out of its bf16 inference precision when the node carries
@@ -202,7 +203,7 @@ def _mark_keep_f32(xml: str, pattern: "re.Pattern[str]") -> tuple[str, int]:
 
 
 def _keep_f32_model(core: Any, model: Any, path: Path,
-                    keep_f32: tuple[str, ...]) -> tuple[Any, "re.Pattern[str] | None"]:
+                    keep_f32: tuple[str, ...]) -> tuple[Any, re.Pattern[str] | None]:
     import openvino as ov
 
     if not keep_f32:
@@ -237,7 +238,7 @@ def _with_pixel_input(model: Any, pixels: PixelInput) -> Any:
     return ppp.build()
 
 
-def _check_kept_f32(compiled: Any, pattern: "re.Pattern[str]", path: Path) -> None:
+def _check_kept_f32(compiled: Any, pattern: re.Pattern[str], path: Path) -> None:
     """Warn if OpenVINO ran the layers meant to stay f32 in bf16 (an OpenVINO without the attribute)."""
     lowered = []
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -304,9 +305,10 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         if setup is not None:
             pixels = setup(metadata).pixels
-        return _OrtSession(session, "onnxruntime", inputs[0].name, tuple(o.name for o in outputs), pixels,
-                           _dims(inputs[0].shape), tuple(_dims(o.shape) for o in outputs),
-                           metadata)
+        return _OrtSession(session=session, runtime="onnxruntime", input_name=inputs[0].name,
+                           output_names=tuple(o.name for o in outputs), pixels=pixels,
+                           input_shape=_dims(inputs[0].shape), output_shapes=tuple(_dims(o.shape) for o in outputs),
+                           metadata=metadata)
     if runtime == "openvino":
         import openvino as ov
 
@@ -350,6 +352,7 @@ def open_session(path: str | os.PathLike, *, runtime: str, precision: str = "fp3
             fixed.reshape(list(shape))
             return core.compile_model(fixed, "CPU", config).create_infer_request()
 
-        return _OpenVinoSession(compiled.create_infer_request(), "openvino", names[0], names[1], pixels,
-                                shapes[0], shapes[1], metadata, compile_static)
+        return _OpenVinoSession(request=compiled.create_infer_request(), runtime="openvino", input_name=names[0],
+                                output_names=names[1], pixels=pixels, input_shape=shapes[0], output_shapes=shapes[1],
+                                metadata=metadata, compile_static=compile_static)
     raise ValueError(f"open_session: runtime must be onnxruntime or openvino, got {runtime!r}")

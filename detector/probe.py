@@ -53,7 +53,7 @@ _MARKER_VERSION = 1
 _VERSIONED_PACKAGES = ("torch", "onnxruntime", "openvino", "onnx")
 
 
-def probe_spec(spec: "DetectorSpec") -> "DetectorSpec":
+def probe_spec(spec: DetectorSpec) -> DetectorSpec:
     """What the child builds: ``spec`` on the CPU (a driver need not see the workers' GPUs; every
     runtime runs fp32 there). The weights and the architecture checked are the same."""
     if spec.device == "cpu":
@@ -61,7 +61,7 @@ def probe_spec(spec: "DetectorSpec") -> "DetectorSpec":
     return dataclasses.replace(spec, device="cpu", precision="fp32")
 
 
-def _marker_path(spec: "DetectorSpec") -> Path:
+def _marker_path(spec: DetectorSpec) -> Path:
     versions = {}
     for name in _VERSIONED_PACKAGES:
         try:
@@ -74,7 +74,7 @@ def _marker_path(spec: "DetectorSpec") -> Path:
     return cache_dir() / "checked" / f"{Path(spec.weights).stem}-{digest}.ok"
 
 
-def _remember(marker: Path, spec: "DetectorSpec") -> None:
+def _remember(marker: Path, spec: DetectorSpec) -> None:
     from common.fsio import atomic_write_text
 
     try:
@@ -91,7 +91,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def check_build(spec: "DetectorSpec", *, timeout_s: float = PROBE_TIMEOUT_S, remember: bool = True) -> None:
+def check_build(spec: DetectorSpec, *, timeout_s: float = PROBE_TIMEOUT_S, remember: bool = True) -> None:
     """Build the detector of the resolved ``spec`` once, in a child process; return if it builds.
 
     Args:
@@ -157,7 +157,7 @@ GPU layout (Ray logical GPUs, ``ray.init(num_gpus=2)``: read tasks -> GPU actors
 end to end. Never set it for real work: the job would record CUDA and run on the CPU."""
 
 
-def weights_on_node(spec: "DetectorSpec", asked: str | None) -> "DetectorSpec":
+def weights_on_node(spec: DetectorSpec, asked: str | None) -> DetectorSpec:
     """``spec`` (resolved in the driver) with weights this node can open: the driver's file when
     this node has it (a shared file system), else ``asked`` (what the user named: a registry name,
     or ``None`` for the family's default) resolved here the way the driver resolved it
@@ -176,11 +176,12 @@ def weights_on_node(spec: "DetectorSpec", asked: str | None) -> "DetectorSpec":
     if asked is not None and str(asked) not in KNOWN_WEIGHTS:  # a file the user named
         raise CheckpointError(
             f"weights file {spec.weights} is not on node {socket.gethostname()}: put it at that path on every node, "
-            "or name registry weights (--weights mobilenet0.25) that each node finds in its own FACEPREP_WEIGHTS or cache")  # noqa: E501
+            "or name registry weights (--weights mobilenet0.25) that each node finds in its own FACEPREP_WEIGHTS "
+            "or cache")
     return dataclasses.replace(spec, weights=str(resolve_weights(asked)))
 
 
-def on_device(spec: "DetectorSpec") -> "DetectorSpec":
+def on_device(spec: DetectorSpec) -> DetectorSpec:
     """The spec a worker granted a GPU builds: ``spec`` itself; with the test-only
     :data:`GPU_ON_CPU_ENV` set to ``1``, a CUDA spec on the CPU in fp32 (what every runtime runs
     there)."""
@@ -262,7 +263,8 @@ def _torch_device_of(detector: object) -> str | None:
         return None
 
 
-def check_device(spec: "DetectorSpec", recognizer: object | None = None, asked_weights: str | None = None) -> str | None:  # noqa: E501
+def check_device(spec: DetectorSpec, recognizer: object | None = None,
+                 asked_weights: str | None = None) -> str | None:
     """Build the resolved ``spec`` (and ``recognizer``, an object with ``build()`` such as
     :class:`pipeline.verification.recognizer.OnnxRecognizerConfig`) on its device, run one tiny
     detection, and check that CUDA is what runs. Meant for the process a GPU actor would run in

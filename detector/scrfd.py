@@ -67,8 +67,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -183,7 +184,7 @@ class SCRFDDetector(DenseDetector):
 
     def __init__(self, weights: str | os.PathLike, *, runtime: str = "onnxruntime", precision: str = "fp32",
                  device: str = "cpu", threads: int | None = None,
-                 resize: "ResizePolicy | str | int | None" = "long:640",
+                 resize: ResizePolicy | str | int | None = "long:640",
                  postprocess: PostprocessConfig | None = None, shape_generic: bool = True,
                  max_batch: int = 32) -> None:
         self.weights = Path(weights)
@@ -196,7 +197,7 @@ class SCRFDDetector(DenseDetector):
                                                     threads=threads), shape_generic)
 
     @classmethod
-    def from_spec(cls, spec: "DetectorSpec") -> "SCRFDDetector":
+    def from_spec(cls, spec: DetectorSpec) -> SCRFDDetector:
         """The detector of a resolved :class:`~detector.spec.DetectorSpec` (``family="scrfd"``); its
         ``postprocess`` goes through :func:`scrfd_postprocess`."""
         if spec.runtime not in ("onnxruntime", "openvino") or not spec.weights or not Path(spec.weights).is_file():

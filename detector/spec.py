@@ -146,7 +146,7 @@ class DetectorSpec:
             return inspect_onnx(resolve_weights(self.weights)).family
         return "retinaface"
 
-    def resolved(self) -> "DetectorSpec":
+    def resolved(self) -> DetectorSpec:
         """This spec with ``family``, ``runtime`` and ``weights`` (a file path) made explicit.
 
         Raises:
@@ -195,7 +195,7 @@ class DetectorSpec:
                 f"runtime {self.runtime!r} on {_device_type(self.device)} does not support precision "
                 f"{self.precision!r}; supported: {', '.join(supported)}")
 
-    def check(self, *, load: bool = False) -> "DetectorSpec":
+    def check(self, *, load: bool = False) -> DetectorSpec:
         """The cheap check before any work (no torch, no model): returns :meth:`resolved`, and
         for checkpoint and ONNX files reads enough of the file to refuse one of the wrong kind.
 
@@ -257,7 +257,8 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, resize_default: s
                    help="fp32, bf16 (openvino on CPUs with bf16 instructions), fp16 (CUDA), or auto (bf16 where "
                         f"openvino runs it natively, else fp32) (default {precision_default})")
     g.add_argument("--device", default=device_default,
-                   help=f"cpu, cuda or cuda:N{', or auto (GPUs when Ray has them)' if device_default == 'auto' else ''} "
+                   help=f"cpu, cuda or cuda:N"
+                        f"{', or auto (GPUs when Ray has them)' if device_default == 'auto' else ''} "
                         f"(default {device_default})")
     g.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: its own)")
     g.add_argument("--detect-resize", default=resize_default, metavar="POLICY",

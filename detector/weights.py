@@ -13,8 +13,9 @@ Everything is read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from common.fsio import atomic_path
 
 from .backbones import backbone_of_checkpoint
 from .config import ModelConfig, get_preset
-from .hub import (  # noqa: F401  (re-exported: the resolver lives in the torch-free hub module)
+from .hub import (  # re-exported (__all__): the resolver lives in the torch-free hub module
     CACHE_ENV,
     KNOWN_WEIGHTS,
     WEIGHTS_ENV,

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.select import box_iou
+
 __all__ = ["CONTEXT", "RefineWindow", "match_face", "needs_refinement", "refine_windows", "window_side"]
 
 CONTEXT = 2.0
@@ -112,20 +114,12 @@ def refine_windows(boxes: np.ndarray, refine_size: int) -> list[RefineWindow]:
             for c, s in zip(centres, scale)]
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = iw * ih
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(union - inter, 1e-9)
-
-
 def match_face(expected: np.ndarray, boxes: np.ndarray) -> int:
     """Index of the detection among ``boxes [M, 4]`` (window pixels) that is the face expected at
     ``expected [4]``: the best overlap, if it reaches :data:`MATCH_IOU`; else ``-1``."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     if not len(b):
         return -1
-    ious = _iou(np.asarray(expected, np.float64), b)
+    ious = box_iou(expected, b)[0]
     j = int(np.argmax(ious))
     return j if ious[j] >= MATCH_IOU else -1

@@ -16,6 +16,9 @@ Ties keep the detector's order (stable sort), so ``max_faces=1`` picks exactly w
 
 Filters are applied before the ordering: ``score >= min_score`` and
 ``min(box width, box height) >= min_face_size`` (box sides in image pixels).
+
+:func:`box_iou` (numpy, pairwise) tells which detection of one pass is which face of another
+(coarse-to-fine refinement, the benchmarks' matching).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["SELECT_MODES", "SelectMode", "default_max_faces", "selection_key", "select_faces"]
+__all__ = ["SELECT_MODES", "SelectMode", "box_iou", "default_max_faces", "selection_key", "select_faces"]
 
 SelectMode = Literal["largest", "central", "score", "all", "identity"]
 SELECT_MODES: tuple[str, ...] = ("largest", "central", "score", "all", "identity")
@@ -109,3 +112,20 @@ def select_faces(boxes: np.ndarray, scores: np.ndarray, *, image_shape: tuple[in
     if max_faces is not None:
         chosen = chosen[:max_faces]
     return chosen.astype(np.int64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union of boxes ``a`` ``[N, 4]`` and ``b`` ``[M, 4]`` (x1 y1 x2 y2,
+    continuous convention: area ``(x2 - x1) * (y2 - y1)``) -> ``[N, M]`` float64.
+
+    Boxes that do not overlap have IoU 0; a union of zero area (degenerate boxes) is clamped to
+    ``1e-9``, so the IoU is 0 there instead of NaN. The numpy twin of :func:`detector.boxes.box_iou`
+    (torch, ``plus_one=False``)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)

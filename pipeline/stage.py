@@ -431,7 +431,8 @@ class FaceAligner:
         m[:, :, 1] /= ry
         quality = list(choice.quality)
         if choice.refined[sel].any() and not choice.given:
-            q_crops = aligned.crops if (cfg.image_size, cfg.crop) == (112, "arcface") else align_faces(image, lm, 112).crops
+            q_crops = (aligned.crops if (cfg.image_size, cfg.crop) == (112, "arcface")
+                       else align_faces(image, lm, 112).crops)
             for j, q in zip(sel, face_quality(choice.boxes[sel], choice.landmarks[sel], q_crops)):
                 quality[j] = q
         crops = aligned.crops if cfg.color == "bgr" else np.ascontiguousarray(aligned.crops[..., ::-1])

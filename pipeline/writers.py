@@ -44,8 +44,8 @@ from pipeline.records import MANIFEST_NAME, PhotoRecord
 __all__ = [
     "FORMATS", "TEMP_MARKER", "CropWriter", "FolderCropWriter", "ManifestWriter", "OutputLayout", "RecordIOCropWriter",
     "RecordSink", "WebDatasetCropWriter", "atomic_write_bytes", "atomic_write_text", "compact_manifest",
-    "encode_crop", "identity_labels", "identity_of", "iter_manifest", "load_manifest", "make_writer", "outputs_complete",
-    "remove_temporaries",
+    "encode_crop", "identity_labels", "identity_of", "iter_manifest", "load_manifest", "make_writer",
+    "outputs_complete", "remove_temporaries",
 ]
 
 

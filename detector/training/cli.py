@@ -119,7 +119,8 @@ def config_from_args(argv: list[str] | None = None, *, prog: str = "faceprep tra
         return TrainingJobConfig(
             train=train_config_from_args(args), labels=args.labels, out=args.out,
             init_backbone=args.init_backbone, init=args.init, images_dir=args.images_dir,
-            eval_labels=args.eval_labels, val_images=args.val_images, val_gt=args.val_gt, resume=args.resume, num_workers=args.num_workers,  # noqa: E501
+            eval_labels=args.eval_labels, val_images=args.val_images, val_gt=args.val_gt, resume=args.resume,
+            num_workers=args.num_workers,
             use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, ray_address=args.ray_address,
             progress=not args.no_progress,
         )

@@ -7,7 +7,7 @@
   :class:`QualityFilter` (which faces may be selected);
 * :mod:`~pipeline.curation.identity` - identity consistency from face embeddings: a robust
   identity centre (:func:`robust_centre`), cosine distances, the :class:`OutlierRule`, and
-  :func:`nearest_face` (the align job's ``--recognizer`` / ``--select identity``).
+  :func:`nearest_face` / :func:`identity_face` (the align job's ``--recognizer`` / ``--select identity``).
 
 No torch, no Ray: importable in the job's driver.
 """
@@ -15,6 +15,7 @@ No torch, no Ray: importable in the job's driver.
 from pipeline.curation.identity import (
     OutlierRule,
     cosine_distances,
+    identity_face,
     l2_normalize,
     medoid_index,
     nearest_face,
@@ -44,5 +45,5 @@ __all__ = [
     "HEADER", "MEAN_FACE_3D", "QUALITY_KEYS", "GivenLandmarks", "LandmarksFileError", "QualityFilter",
     "box_from_landmarks", "box_size", "brightness", "eye_distance", "face_quality", "head_pose",
     "read_landmarks_csv", "sharpness", "unpack_points",
-    "OutlierRule", "cosine_distances", "l2_normalize", "medoid_index", "nearest_face", "robust_centre",
+    "OutlierRule", "cosine_distances", "identity_face", "l2_normalize", "medoid_index", "nearest_face", "robust_centre",
 ]

@@ -9,7 +9,8 @@ direction, 1 for orthogonal, up to 2).
   minority of other people in the folder cannot pull it).
 * :func:`cosine_distances`: ``[N]`` distances of faces to a centre.
 * :class:`OutlierRule`: when a photo is too far from its identity's centre (see its docstring).
-* :func:`nearest_face`: which face of a photo is the identity's (``--select identity``).
+* :func:`nearest_face` / :func:`identity_face`: which face of a photo is the identity's
+  (``--select identity``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["OutlierRule", "cosine_distances", "l2_normalize", "medoid_index", "nearest_face", "robust_centre"]
+from pipeline.select import select_faces
+
+__all__ = ["OutlierRule", "cosine_distances", "identity_face", "l2_normalize", "medoid_index", "nearest_face",
+           "robust_centre"]
 
 MAD_TO_SIGMA = 1.4826
 """``1.4826 * MAD`` estimates the standard deviation of normally distributed values."""
@@ -91,6 +95,21 @@ def nearest_face(distances: np.ndarray) -> int:
     if not finite.any():
         return -1
     return int(np.argmin(np.where(finite, d, np.inf)))
+
+
+def identity_face(distances: np.ndarray, boxes: np.ndarray) -> int:
+    """Which of one photo's ``K`` candidate faces is the identity's (``--select identity``): the
+    nearest to the identity's centre (:func:`nearest_face` of ``distances``, ``[K]``, NaN where
+    unknown); when no distance is known, the largest box (``boxes``, ``[K, 4]`` x1 y1 x2 y2;
+    :func:`pipeline.select.select_faces`' ``largest``, ties to the lowest index). ``-1``: no faces."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    if d.shape[0] != b.shape[0]:
+        raise ValueError(f"{d.shape[0]} distances but {b.shape[0]} boxes")
+    j = nearest_face(d)
+    if j >= 0 or b.shape[0] == 0:
+        return j
+    return int(select_faces(b, np.ones(b.shape[0]), image_shape=(1, 1), mode="largest", max_faces=1)[0])
 
 
 @dataclass(frozen=True, kw_only=True)

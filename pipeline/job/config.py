@@ -10,14 +10,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from common.fsio import sha256_file
-from detector.spec import DetectorSpec
 from detector.config import ResizePolicy
+from detector.spec import DetectorSpec
 from pipeline.config import AlignConfig
-from pipeline.curation.quality import QualityFilter
 from pipeline.curation.identity import OutlierRule
+from pipeline.curation.quality import QualityFilter
 from pipeline.records import (  # re-exported: the names' home is pipeline.records
-    DONE_STATUSES, IDENTITIES_NAME, JOB_NAME, LOCK_NAME, MANIFEST_NAME, STATUS_ERROR, STATUS_FILTERED, STATUS_NO_FACE,
-    STATUS_OK, STATUSES, SUMMARY_NAME,
+    DONE_STATUSES,
+    IDENTITIES_NAME,
+    JOB_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    STATUS_ERROR,
+    STATUS_FILTERED,
+    STATUS_NO_FACE,
+    STATUS_OK,
+    STATUSES,
+    SUMMARY_NAME,
 )
 from pipeline.verification.recognizer import OnnxRecognizerConfig
 from pipeline.writers import FORMATS, OutputLayout

@@ -99,7 +99,7 @@ class WorkerPlan:
         return (f"{self.num_actors} {self.device} actor(s) x ({packed}{where}{self.cpus_per_actor:g} CPU, "
                 f"{self.threads} runtime thread(s)), chunks of up to {self.batch_size} photos "
                 f"(detector calls of {self.detect_batch_size}); "
-                + (f"reading, decoding and writing in the actors" if self.fused else
+                + ("reading, decoding and writing in the actors" if self.fused else
                    f"decoding in the read tasks ({self.read_cpus:g} CPU), writing in tasks of {self.write_cpus:g} CPU"))
 
 
@@ -110,7 +110,8 @@ def plan_workers(resources: Mapping[str, float], *, device: str = "auto", num_wo
 
     GPUs: one actor per whole GPU (``num_gpus=1``, one CPU), batch 32; more actors than GPUs
     (``num_workers``) share each GPU in equal ``1/k`` parts (:func:`gpu_share`); read/decode tasks
-    use the other CPUs (a note when fewer than :data:`MIN_DECODE_CPUS_PER_GPU` per GPU). CPU only: one single-threaded actor per CPU (two threads each from 8 CPUs up),
+    use the other CPUs (a note when fewer than :data:`MIN_DECODE_CPUS_PER_GPU` per GPU). CPU only:
+    one single-threaded actor per CPU (two threads each from 8 CPUs up),
     sharing the CPUs minus a reserve of ``max(1, CPUs // 4)`` (fractional ``num_cpus``): the
     actor pool can never hold every CPU and starve the read/decode and write tasks that feed
     and drain it, and every core still has an inference process to run when decoding is idle.
@@ -127,7 +128,7 @@ def plan_workers(resources: Mapping[str, float], *, device: str = "auto", num_wo
     must not spend its time decoding); in the actors on CPU, where every core already runs an
     actor and moving decoded pixels (10-40x the file size) through the object store only adds
     copies. ``"tasks"`` / ``"actors"`` force either.
-    """  # noqa: E501
+    """
     if decode not in ("auto", "tasks", "actors"):
         raise ValueError(f"decode must be 'auto', 'tasks' or 'actors', got {decode!r}")
     cpus = float(resources.get("CPU", 0.0))
@@ -296,11 +297,12 @@ def object_store_budget(plan: WorkerPlan, *, photo_bytes: float, cluster_cpus: f
     larger than :data:`MAX_BLOCK_BYTES` into several blocks, but they are all held until the actor
     takes the chunk (counting one capped block per chunk let 16 CPUs keep only one or two read tasks
     going with 12 MP photos). Otherwise the blocks count at most :data:`MAX_BLOCK_BYTES` each (the
-    actors read their files themselves; only names and results travel). Without a budget Ray Data lets the read tasks run
+    actors read their files themselves; only names and results travel). Without a budget Ray Data
+    lets the read tasks run
     ahead until half the object store is full: on a small job that is every input photo held in
     memory, and memory would grow with the job's size. ``None`` where the budget would not be
     below Ray's default anyway.
-    """  # noqa: E501
+    """
     free_cpus = cluster_cpus - plan.num_actors * plan.cpus_per_actor - plan.write_cpus
     read_tasks = max(1, math.floor(free_cpus / plan.read_cpus + 1e-9)) if plan.read_cpus > 0 else 1
     blocks = plan.num_actors * (TASKS_IN_FLIGHT_PER_ACTOR + 1) + read_tasks
@@ -332,7 +334,7 @@ class JobPlan:
     @classmethod
     def make(cls, resources: Mapping[str, float], *, todo: Sequence[str], src: Path, device: str,
              num_workers: int | None, batch_size: int | None, threads: int | None, decode: str,
-             draft: ResizePolicy | None = None) -> "JobPlan":
+             draft: ResizePolicy | None = None) -> JobPlan:
         """``draft``: the detector's resize policy when the read tasks decode JPEG drafts (see
         :func:`estimate_input_bytes`)."""
         workers = plan_workers(resources, device=device, num_workers=num_workers, batch_size=batch_size,

@@ -2,10 +2,11 @@
 resumed (same settings, one job at a time).
 
 Resume contract: an input is done when its latest manifest record has status ``ok``, ``no_face``
-or ``filtered`` (:data:`pipeline.records.DONE_STATUSES`) and every output it lists exists. Outputs are in place before their record is
-appended, so a kill at any moment leaves either a trusted record with complete outputs, or no
-record (the input is redone; its outputs are atomically replaced). ``error`` records are retried.
-"""  # noqa: E501
+or ``filtered`` (:data:`pipeline.records.DONE_STATUSES`) and every output it lists exists. Outputs
+are in place before their record is appended, so a kill at any moment leaves either a trusted
+record with complete outputs, or no record (the input is redone; its outputs are atomically
+replaced). ``error`` records are retried.
+"""
 
 from __future__ import annotations
 

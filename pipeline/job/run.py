@@ -50,7 +50,11 @@ from pipeline.curation.landmarks import GivenLandmarks, LandmarksFileError, read
 from pipeline.job.config import AlignJobConfig, JobConfigError
 from pipeline.job.feed import on_granted_device, takes_read_drafts
 from pipeline.job.identity import (
-    FaceEmbedPredictor, IdentityCropPredictor, actor_recognizer, check_recognizer, identity_summary,
+    FaceEmbedPredictor,
+    IdentityCropPredictor,
+    actor_recognizer,
+    check_recognizer,
+    identity_summary,
     prepare_identities,
 )
 from pipeline.job.nodes import NODE_COLUMN, keep_node, tag_node, watch_progress
@@ -218,7 +222,8 @@ def _process(config: AlignJobConfig, todo: list[tuple[str, str]], all_inputs: li
     """Run the dataset over ``todo`` (inside the job's Ray session, up since ``ray_ready``;
     ``spec`` resolved for its device); records reach the manifest through the writer's sink."""
     # JPEG drafts in the read tasks (pipeline.job.feed), where the actors take them
-    takes = takes_read_drafts(FaceCropPredictor) and (config.recognizer is None or takes_read_drafts(FaceEmbedPredictor))
+    takes = takes_read_drafts(FaceCropPredictor) and (
+        config.recognizer is None or takes_read_drafts(FaceEmbedPredictor))
     draft = None if config.exact or config.landmarks is not None or not takes else config.align.resize
 
     def make_plan(rels: list[str]) -> JobPlan:

@@ -120,7 +120,8 @@ class JobSummary:
                          f"(first crop after {self.time_to_first_crop_s:.1f} s, Ray up after {self.ray_start_s:.1f} s)")
         lines.append(f"workers: {self.plan}")
         if len(self.photos_per_node) > 1:
-            lines.append("photos per node: " + ", ".join(f"{node[:12]} {n}" for node, n in self.photos_per_node.items()))
+            lines.append("photos per node: "
+                         + ", ".join(f"{node[:12]} {n}" for node, n in self.photos_per_node.items()))
         if self.outputs and self.format == "recordio":
             lines.append(f"recordio: {self.outputs['images']} image(s), {self.outputs['identities']} "
                          f"identity(ies) -> {self.outputs['rec']}")
@@ -152,7 +153,8 @@ def make_summary(config: AlignJobConfig, *, inputs: int, already_done: int, coun
         photos_per_s=round(processed / stats.process_s, 3) if processed else 0.0,
         faces_per_s=round(stats.crops / stats.process_s, 3) if processed else 0.0,
         warmup_s=round(stats.warmup_s, 3), warmup_photos=stats.warmup_photos,
-        steady_photos_per_s=round((processed - stats.warmup_photos) / steady_s, 3) if processed and steady_s > 0 else 0.0,
+        steady_photos_per_s=(round((processed - stats.warmup_photos) / steady_s, 3)
+                             if processed and steady_s > 0 else 0.0),
         plan=plan, dry_run=config.dry_run, format=config.format, outputs=outputs, identity=identity,
         photos_per_node=dict(sorted(stats.nodes.items())),
         time_to_first_crop_s=round(stats.first_record_s, 3), ray_start_s=round(stats.ray_ready_s, 3),

@@ -289,7 +289,8 @@ def build_report(dst: str | os.PathLike, config: ReportConfig | None = None) -> 
         settings = json.dumps(builder.settings, indent=1, ensure_ascii=False, default=str)
         src_line = escape(builder.src) if builder.src is not None else "unknown (no job.json)"
         body = (f"<h1>faceprep report: {escape(dst.resolve().name)}</h1>"
-                f'<p class="muted">source {src_line}; output format {escape(builder.settings.get("format", "folder"))}; '  # noqa: E501
+                f'<p class="muted">source {src_line}; '
+                f'output format {escape(builder.settings.get("format", "folder"))}; '
                 f"built {time.strftime('%Y-%m-%d %H:%M:%S')} from {MANIFEST_NAME} in "
                 f"{time.perf_counter() - t0:.1f} s.</p>"
                 f"<h2>Counts</h2>{counts_html(builder.statuses, builder.counts)}"

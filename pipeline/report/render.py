@@ -97,13 +97,14 @@ border-bottom:1px solid #e4e4e4}td.n{text-align:right;font-variant-numeric:tabul
 .grid figure.wide{width:264px}.grid img{display:block;max-width:100%;background:#ddd}
 figcaption{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .crops img{width:72px;height:72px;border:2px solid transparent}.crops img.outlier{border-color:#d22}
-.crops img.given{border-color:#27c}.missing{width:100%;height:120px;overflow:hidden;background:#eee;color:#777;display:flex;
+.crops img.given{border-color:#27c}
+.missing{width:100%;height:120px;overflow:hidden;background:#eee;color:#777;display:flex;
 align-items:center;justify-content:center;text-align:center;font-size:11px}
 .hists{display:flex;flex-wrap:wrap;gap:10px}svg.hist{background:#fff;border:1px solid #ddd}
 svg .all{fill:#9cc3e6}svg .sel{fill:#2a6fb0}svg .ax{stroke:#888}svg text{font-size:10px;fill:#333}
 svg .y{text-anchor:end}svg .muted{fill:#777}.muted{color:#777}.bad{color:#b00}nav{margin:8px 0}nav a{margin-right:10px}
 details pre{font-size:12px;background:#fff;border:1px solid #ddd;padding:6px;overflow:auto}
-"""  # noqa: E501
+"""
 
 SCRIPT = """
 window.addEventListener('load', function () {

@@ -108,5 +108,6 @@ class ProblemThumbs:
             crop_url = self.crops.url(record.outputs[0], depth=0)
             if crop_url:
                 crop = f'<img src="{crop_url}" alt="crop" style="width:72px">'
-        return (f'<figure class="wide"><a href="{file_url(self.src / record.src)}"><img src="{REPORT_FILES_NAME}/{rel}" '  # noqa: E501
+        return (f'<figure class="wide"><a href="{file_url(self.src / record.src)}">'
+                f'<img src="{REPORT_FILES_NAME}/{rel}" '
                 f'alt="{escape(record.src)}"></a>{crop}{caption}</figure>')

@@ -13,8 +13,8 @@ from pipeline.verification.crops import (
     PROVIDED,
     CropMaker,
     CropStatus,
-    DetectorSettings,
     box_crop,
+    face_aligner,
     parse_sources,
     square_box_matrix,
 )
@@ -53,10 +53,10 @@ from pipeline.verification.runner import (
 
 __all__ = [
     "ALIGNMENT_SOURCES", "AggregationConfig", "BOX", "CropMaker", "CropStatus", "DEFAULT_FARS", "DETECTOR",
-    "DetectorSettings", "EvaluationConfig", "EvaluationResult", "Extraction", "IMAGENET_MEAN", "IMAGENET_STD",
+    "EvaluationConfig", "EvaluationResult", "Extraction", "IMAGENET_MEAN", "IMAGENET_STD",
     "OnnxRecognizer", "OnnxRecognizerConfig", "PROVIDED", "Preprocess", "ProtocolError", "Recognizer", "RocCurve",
     "TorchRecognizer", "TorchRecognizerConfig", "VerificationDataError", "VerificationMetrics",
-    "VerificationProtocol", "best_accuracy", "box_crop", "evaluate", "extract", "far_key", "far_rank",
+    "VerificationProtocol", "best_accuracy", "box_crop", "evaluate", "extract", "face_aligner", "far_key", "far_rank",
     "format_table", "image_features", "pair_scores", "parse_sources", "read_ijb", "read_pairs_csv", "roc_curve",
     "score", "square_box_matrix", "tar_at_far", "template_features", "write_report",
 ]

@@ -31,20 +31,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from detector.api import PostprocessConfig
 from detector.spec import DetectorSpec, add_detector_arguments, spec_from_args
 from pipeline.config import AlignConfig
 from pipeline.verification.aggregate import FLIP_FUSIONS, AggregationConfig
-from pipeline.verification.crops import ALIGNMENT_SOURCES, NO_FACE_POLICIES, DetectorSettings, parse_sources
+from pipeline.verification.crops import ALIGNMENT_SOURCES, NO_FACE_POLICIES, VERIFICATION_SELECT, parse_sources
+from pipeline.verification.executor import VerificationSetupError, check_models
 from pipeline.verification.metrics import DEFAULT_FARS
-from pipeline.verification.protocols import IJB_TARGETS, read_ijb, read_lfw, read_pairs_csv
+from pipeline.verification.protocols import IJB_TARGETS, ProtocolError, read_ijb, read_lfw, read_pairs_csv
 from pipeline.verification.recognizer import OnnxRecognizerConfig, add_preprocess_arguments, preprocess_from_args
 from pipeline.verification.runner import EvaluationConfig, evaluate, format_table, write_report
 from pipeline.verification.study import StudyConfig, default_variants, run_study, write_study
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_USAGE", "build_parser", "evaluation_config_from_args", "main", "study_config_from_args"]
 
 DEFAULTS = AlignConfig()  # the one set of defaults (pipeline.config)
 
@@ -71,7 +73,7 @@ def build_parser(prog: str = "faceprep eval-verification") -> argparse.ArgumentP
     p.add_argument("--conf", type=float, default=DEFAULTS.min_score,
                    help=f"minimum face score (default {DEFAULTS.min_score}: the LFW study's best, as the align job)")
     p.add_argument("--nms", type=float, default=0.4, help="detector NMS IoU (default 0.4)")
-    p.add_argument("--select", default=DEFAULTS.select, choices=("largest", "central", "score"),
+    p.add_argument("--select", default=DEFAULTS.select, choices=VERIFICATION_SELECT,
                    help=f"which detected face of a photo (default {DEFAULTS.select}: the LFW study's best, as the "
                         "align job)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -110,7 +112,14 @@ def build_parser(prog: str = "faceprep eval-verification") -> argparse.ArgumentP
     return p
 
 
-def _extra_detectors(args: argparse.Namespace, base: DetectorSpec) -> list[tuple[str, DetectorSpec]]:
+def _detector_and_align(args: argparse.Namespace) -> tuple[DetectorSpec, AlignConfig]:
+    """The detector (``--weights`` ... ``--nms``) and the alignment settings (the one set of defaults
+    with ``--select``, ``--conf`` and ``--detect-resize``) of the command line."""
+    spec = spec_from_args(args, postprocess=PostprocessConfig(nms_threshold=args.nms))
+    return spec, AlignConfig(select=args.select, min_score=args.conf, resize=args.detect_resize)
+
+
+def _extra_detectors(args: argparse.Namespace, base: DetectorSpec) -> list[tuple[str, DetectorSpec, str | None]]:
     out = []
     for item in args.study_detector:
         label, sep, rest = item.partition("=")
@@ -118,19 +127,41 @@ def _extra_detectors(args: argparse.Namespace, base: DetectorSpec) -> list[tuple
         if not sep or not label.strip() or not weights.strip():
             raise SystemExit(f"--study-detector: expected LABEL=WEIGHTS[@RESIZE], got {item!r}")
         out.append((label.strip(), dataclasses.replace(base, weights=weights.strip(), family=None, runtime="auto",
-                                                       precision="auto", resize=resize.strip() or base.resize)))
+                                                       precision="auto"), resize.strip() or None))
     return out
 
 
-def run_study_command(args: argparse.Namespace, protocol, recognizer: OnnxRecognizerConfig) -> int:
+def evaluation_config_from_args(args: argparse.Namespace, *, has_landmarks: bool) -> EvaluationConfig:
+    """The plain evaluation's :class:`EvaluationConfig` from the parsed command line
+    (``has_landmarks``: the protocol has its own landmarks, so ``provided`` is a default source)."""
+    default_sources = ("provided", "detector", "box") if has_landmarks else ("detector", "box")
+    sources = parse_sources(args.align) if args.align else default_sources
+    spec, align = _detector_and_align(args)
+    return EvaluationConfig(
+        sources=sources,
+        aggregation=AggregationConfig(flip=args.flip, flip_fusion=args.fusion, face_score=args.face_score,
+                                      keep_norm=not args.drop_norm),
+        align=align, detector=spec, on_no_face=args.on_no_face,
+        fars=tuple(float(f) for f in args.fars.split(",") if f.strip()),
+        num_workers=args.num_workers, threads=args.threads, address=args.address, chunk_size=args.chunk_size,
+        strict=args.strict,
+        common_pairs=not args.per_source_pairs, baseline=args.baseline, progress=not args.quiet,
+    )
+
+
+def study_config_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The ``--study`` run's :class:`StudyConfig` (the standard variants around the command line's settings)."""
     if args.align or args.face_score or args.drop_norm or args.per_source_pairs or args.baseline:
         raise SystemExit("--study varies the alignment itself: drop --align, --face-score, --drop-norm, "
                          "--per-source-pairs and --baseline")
-    base = spec_from_args(args, postprocess=PostprocessConfig(conf_threshold=args.conf, nms_threshold=args.nms))
-    variants = default_variants(base, select=args.select, min_score=args.conf,
-                                extra_detectors=_extra_detectors(args, base))
-    config = StudyConfig(variants=variants, num_workers=args.num_workers, threads=args.threads, address=args.address,
-                         chunk_size=args.chunk_size, progress=not args.quiet)
+    base, align = _detector_and_align(args)
+    variants = default_variants(base, align=align, extra_detectors=_extra_detectors(args, base))
+    return StudyConfig(variants=variants, num_workers=args.num_workers, threads=args.threads, address=args.address,
+                       chunk_size=args.chunk_size, progress=not args.quiet)
+
+
+def run_study_command(args: argparse.Namespace, protocol, recognizer: OnnxRecognizerConfig,
+                      config: StudyConfig) -> int:
     result = run_study(protocol, recognizer=recognizer, config=config)
     paths = write_study(result, args.out)
     print(result.markdown())
@@ -141,36 +172,38 @@ def run_study_command(args: argparse.Namespace, protocol, recognizer: OnnxRecogn
     return 0
 
 
+EXIT_USAGE = 2
+"""Nothing was evaluated: bad arguments, an unreadable protocol, missing weights or model."""
+
+
 def main(argv: list[str] | None = None, *, prog: str = "faceprep eval-verification") -> int:
     """The eval-verification command: parse ``argv`` (default ``sys.argv[1:]``), evaluate (or run the
-    study), print the table and return 0."""
+    study), print the table and return 0. Bad input (an unreadable protocol, detector weights or a
+    recogniser model that cannot be found) is one ``error:`` line and :data:`EXIT_USAGE`, before any
+    photo is read or any worker started."""
     args = build_parser(prog).parse_args(argv)
-    if args.pairs is not None:
-        protocol = read_pairs_csv(args.pairs, root=args.root)
-    elif args.lfw is not None:
-        protocol = read_lfw(args.lfw, images=args.root)
-    else:
-        protocol = read_ijb(args.ijbc, target=args.target)
-    recognizer = OnnxRecognizerConfig(
-        model=args.model, batch_size=args.batch_size,
-        preprocess=preprocess_from_args(args),
-    )
+    try:
+        if args.pairs is not None:
+            protocol = read_pairs_csv(args.pairs, root=args.root)
+        elif args.lfw is not None:
+            protocol = read_lfw(args.lfw, images=args.root)
+        else:
+            protocol = read_ijb(args.ijbc, target=args.target)
+        recognizer = OnnxRecognizerConfig(model=args.model, batch_size=args.batch_size,
+                                          preprocess=preprocess_from_args(args))
+        if args.study:  # the base detector first: the standard variants resolve it
+            check_models(detectors=[_detector_and_align(args)[0]], recognizer=recognizer)
+            study = study_config_from_args(args)
+            check_models(detectors=[v.detector for v in study.variants], recognizer=recognizer)
+        else:
+            config = evaluation_config_from_args(args, has_landmarks=protocol.has_landmarks)
+            needs_detector = "detector" in config.sources or "box" in config.sources
+            check_models(detectors=[config.detector] if needs_detector else [], recognizer=recognizer)
+    except (VerificationSetupError, ProtocolError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if args.study:
-        return run_study_command(args, protocol, recognizer)
-    default_sources = ("provided", "detector", "box") if protocol.has_landmarks else ("detector", "box")
-    sources = parse_sources(args.align) if args.align else default_sources
-    config = EvaluationConfig(
-        sources=sources,
-        aggregation=AggregationConfig(flip=args.flip, flip_fusion=args.fusion, face_score=args.face_score,
-                                      keep_norm=not args.drop_norm),
-        detector=DetectorSettings(
-            spec=spec_from_args(args, postprocess=PostprocessConfig(conf_threshold=args.conf, nms_threshold=args.nms)),
-            select=args.select, on_no_face=args.on_no_face),
-        fars=tuple(float(f) for f in args.fars.split(",") if f.strip()),
-        num_workers=args.num_workers, threads=args.threads, address=args.address, chunk_size=args.chunk_size,
-        strict=args.strict,
-        common_pairs=not args.per_source_pairs, baseline=args.baseline, progress=not args.quiet,
-    )
+        return run_study_command(args, protocol, recognizer, study)
     result = evaluate(protocol, recognizer=recognizer, config=config)
     paths = write_report(result, args.out)
     print(format_table(result))

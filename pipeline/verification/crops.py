@@ -3,11 +3,12 @@
 * ``provided``: the protocol's own five landmarks (IJB-C's ``name_5pts_score`` file), aligned with the
   pipeline's ArcFace similarity alignment (:func:`pipeline.align.align_faces`); degenerate landmarks
   (all points equal) give no crop (``NO_FACE``, counted).
-* ``detector``: our RetinaFace on the photo through the pipeline's :class:`pipeline.stage.FaceAligner`,
-  one face chosen by :func:`pipeline.select.select_faces` (largest by default, or most central),
-  aligned the same way. When the detector
+* ``detector``: our detector on the photo through the pipeline's :class:`pipeline.stage.FaceAligner`
+  (:func:`face_aligner`), configured with the project's one set of alignment defaults,
+  :class:`pipeline.config.AlignConfig` (face choice ``select``, ``min_score``, detection sizes),
+  keeping one face, aligned the same way. When the detector
   finds no face, the protocol's landmarks are used instead (status ``FALLBACK``, counted); without
-  protocol landmarks, ``DetectorSettings.on_no_face`` decides: ``center-crop`` (the align job's
+  protocol landmarks, the evaluation's ``on_no_face`` decides: ``center-crop`` (the align job's
   ``--on-no-face center-crop``: the photo's centred square, resized; ``FALLBACK``) or ``exclude``
   (no crop, ``NO_FACE``).
 * ``box``: no alignment, the baseline: the square with the chosen detection box's centre and longer
@@ -15,23 +16,24 @@
   face, the whole photo's centred square is used (``FALLBACK``, counted) - for loose face crops
   that is the face; for other photos it is the honest "no detector" baseline.
 
-The detector runs once per photo and serves both ``detector`` and ``box``. Confidence is
-``score >= conf_threshold`` (the aligner's rule; the golden run's ``> 0.5`` differs only at exactly 0.5).
+The detector runs once per photo and serves both ``detector`` and ``box``. A face counts when
+``score >= align.min_score`` (the aligner's rule; the golden run's ``> 0.5`` differs only at exactly 0.5).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from detector.api import PostprocessConfig
 from detector.spec import DetectorSpec
 from pipeline.align import align_faces, center_crop
+from pipeline.config import AlignConfig
 
 PROVIDED = "provided"
 DETECTOR = "detector"
@@ -63,42 +65,48 @@ class CropStatus(enum.IntEnum):
     UNREADABLE = 4
 
 
-def _golden_spec() -> DetectorSpec:
-    return DetectorSpec(resize="cap:1024", postprocess=PostprocessConfig(conf_threshold=0.5, nms_threshold=0.4))
+VERIFICATION_SELECT: tuple[str, ...] = ("largest", "central", "score")
+"""The :attr:`pipeline.config.AlignConfig.select` modes verification accepts (one face per photo)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class DetectorSettings:
-    """The ``detector``/``box`` sources' detector and face choice (defaults: the golden deepface run:
-    long side capped at 1024, confidence 0.5, NMS 0.4, largest face)."""
+def check_align(align: AlignConfig) -> AlignConfig:
+    """``align`` if verification can use it: an :class:`AlignConfig` choosing one face
+    (:data:`VERIFICATION_SELECT`) of BGR photos; else :class:`ValueError` / :class:`TypeError`."""
+    if not isinstance(align, AlignConfig):
+        raise TypeError(f"align must be a pipeline.config.AlignConfig, got {type(align).__name__}")
+    if align.select not in VERIFICATION_SELECT:
+        raise ValueError(f"align.select must be one of {', '.join(VERIFICATION_SELECT)}; got {align.select!r}")
+    if align.color != "bgr":
+        raise ValueError(f"verification reads photos as BGR; align.color must be 'bgr', got {align.color!r}")
+    return align
 
-    spec: DetectorSpec = field(default_factory=_golden_spec)
-    """Which detector (:class:`detector.spec.DetectorSpec`); its ``postprocess.conf_threshold`` is
-    the minimum face score, its ``resize`` the detector input scaling."""
-    select: str = "largest"
-    """Which face of the photo: ``largest``, ``central`` (area minus twice the squared centre
-    offset) or ``score``."""
-    on_no_face: str = "exclude"
-    """No face detected and no protocol landmarks: ``exclude`` (no crop, counted) or ``center-crop``."""
 
-    def __post_init__(self) -> None:
-        if self.on_no_face not in NO_FACE_POLICIES:
-            raise ValueError(f"on_no_face must be one of {', '.join(NO_FACE_POLICIES)}, got {self.on_no_face!r}")
-        if not isinstance(self.spec, DetectorSpec):
-            raise TypeError(f"spec must be a DetectorSpec, got {type(self.spec).__name__}")
-        if self.select not in ("largest", "central", "score"):
-            raise ValueError(f"select must be one of largest, central, score; got {self.select!r}")
+def check_on_no_face(on_no_face: str) -> str:
+    if on_no_face not in NO_FACE_POLICIES:
+        raise ValueError(f"on_no_face must be one of {', '.join(NO_FACE_POLICIES)}, got {on_no_face!r}")
+    return on_no_face
 
-    def build_aligner(self, image_size: int = 112) -> Any:
-        """The pipeline's :class:`pipeline.stage.FaceAligner` (detect, select one face, align) with these settings."""
-        from pipeline.stage import AlignConfig, FaceAligner
 
-        config = AlignConfig(image_size=image_size, select=self.select, max_faces=1,
-                             min_score=self.spec.postprocess.conf_threshold, resize=self.spec.resize)
-        return FaceAligner(detector=self.spec.build, config=config)
+def face_aligner(*, align: AlignConfig, detector: DetectorSpec) -> Any:
+    """The pipeline's :class:`pipeline.stage.FaceAligner` (detect, select one face, align) of the
+    ``detector`` and ``box`` sources: ``align`` keeping one face (``max_faces=1``); the
+    detector is built here, from ``detector`` (its ``resize`` is not used: ``align.resize`` decides)."""
+    from pipeline.stage import FaceAligner
 
-    def to_json(self) -> dict:
-        return {"detector": self.spec.fingerprint(), "select": self.select, "on_no_face": self.on_no_face}
+    if not isinstance(detector, DetectorSpec):
+        raise TypeError(f"detector must be a DetectorSpec, got {type(detector).__name__}")
+    return FaceAligner(detector=detector.build, config=dataclasses.replace(check_align(align), max_faces=1))
+
+
+def settings_json(*, align: AlignConfig, detector: DetectorSpec, on_no_face: str) -> dict:
+    """The ``detector``/``box`` sources' settings as reported (JSON-safe)."""
+    resize = align.resize.to_string()
+    retry = None if align.retry_resize is None else align.retry_resize.to_string()
+    return {"detector": {**detector.fingerprint(), "resize": resize},
+            "align": {"select": align.select, "min_score": float(align.min_score), "resize": resize,
+                      "refine_size": align.refine_size, "retry_resize": retry,
+                      "min_face_size": float(align.min_face_size)},
+            "on_no_face": on_no_face}
 
 
 def square_box_matrix(box: np.ndarray, size: int = 112) -> np.ndarray:
@@ -139,7 +147,7 @@ class PhotoCrops:
 class CropMaker:
     """Makes every requested source's crop of one photo; the face aligner (if needed) runs once.
 
-    ``aligner`` is the pipeline's :class:`pipeline.stage.FaceAligner` (``DetectorSettings.build_aligner``)
+    ``aligner`` is the pipeline's :class:`pipeline.stage.FaceAligner` (:func:`face_aligner`)
     configured to keep one face; it serves the ``detector`` source (its aligned crop) and the ``box``
     source (the chosen face's box).
     """
@@ -154,9 +162,7 @@ class CropMaker:
             raise ValueError(f"aligner makes {aligner.config.image_size}px crops, expected {image_size}px")
         self.aligner = aligner
         self.image_size = image_size
-        if on_no_face not in NO_FACE_POLICIES:
-            raise ValueError(f"on_no_face must be one of {', '.join(NO_FACE_POLICIES)}, got {on_no_face!r}")
-        self.on_no_face = on_no_face
+        self.on_no_face = check_on_no_face(on_no_face)
 
     def detect(self, image: np.ndarray) -> Any | None:
         """The selected :class:`pipeline.stage.AlignedFace` of ``image`` (BGR), or ``None``."""
@@ -195,7 +201,8 @@ class CropMaker:
                 crops[DETECTOR], status[DETECTOR], scores[DETECTOR] = None, CropStatus.NO_FACE, 0.0
         if BOX in self.sources:
             if face is not None:
-                crops[BOX], status[BOX], scores[BOX] = box_crop(image, face.box, self.image_size), CropStatus.OK, face.score
+                crops[BOX] = box_crop(image, face.box, self.image_size)
+                status[BOX], scores[BOX] = CropStatus.OK, face.score
             else:
                 crops[BOX] = box_crop(image, whole_image_box(image), self.image_size)
                 status[BOX], scores[BOX] = CropStatus.FALLBACK, fallback_score

@@ -17,25 +17,40 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from detector.spec import DetectorSpec
+from pipeline.config import AlignConfig
 from pipeline.images import ImageReadError, read_image
 from pipeline.verification.aggregate import AggregationConfig, image_features, pair_scores, template_features
-from pipeline.verification.crops import BOX, DETECTOR, PROVIDED, CropMaker, CropStatus, DetectorSettings, parse_sources
+from pipeline.verification.crops import (
+    BOX,
+    DETECTOR,
+    PROVIDED,
+    CropMaker,
+    CropStatus,
+    check_align,
+    check_on_no_face,
+    face_aligner,
+    parse_sources,
+    settings_json,
+)
+from pipeline.verification.executor import check_models, run_workers, torch_threads
 from pipeline.verification.metrics import DEFAULT_FARS, KFoldAccuracy, VerificationMetrics, far_key, kfold_accuracy
 from pipeline.verification.protocols import VerificationProtocol
-from pipeline.verification.executor import run_workers, torch_threads
 from pipeline.verification.recognizer import RecognizerConfig
 from pipeline.verification.reporting import format_table, plot_roc, write_report
 
 __all__ = [  # format_table, plot_roc, write_report, run_workers and torch_threads: re-exported
-    "ChunkResult", "EvaluationConfig", "EvaluationResult", "Extraction", "ExtractionWorker", "PhotoTask", "SourceResult",
-    "VerificationDataError", "evaluate", "extract", "format_table", "photo_tasks", "plot_roc", "run_workers", "score",
+    "ChunkResult", "EvaluationConfig", "EvaluationResult", "Extraction", "ExtractionWorker", "PhotoTask",
+    "SourceResult", "VerificationDataError", "evaluate", "extract", "format_table", "photo_tasks", "plot_roc",
+    "run_workers", "score",
     "torch_threads", "write_report",
 ]
 
@@ -48,7 +63,17 @@ class VerificationDataError(RuntimeError):
 class EvaluationConfig:
     sources: tuple[str, ...] = (DETECTOR, BOX)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
-    detector: DetectorSettings | None = field(default_factory=DetectorSettings)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    """How the ``detector`` and ``box`` sources find and choose a photo's face, and the crop size:
+    the project's one set of defaults (:class:`pipeline.config.AlignConfig`: ``select`` - largest,
+    central or score -, ``min_score``, ``resize``, ``refine_size``, ``retry_resize``, ``image_size``);
+    one face is kept per photo."""
+    detector: DetectorSpec | None = field(default_factory=DetectorSpec)
+    """Which detector (:class:`detector.spec.DetectorSpec`; its ``resize`` is not used:
+    ``align.resize`` decides). ``None``: only the ``provided`` source can be evaluated."""
+    on_no_face: str = "exclude"
+    """The ``detector`` source, for a photo without a face and without protocol landmarks:
+    ``exclude`` (no crop, counted) or ``center-crop`` (the photo's centred square, ``FALLBACK``)."""
     fars: tuple[float, ...] = DEFAULT_FARS
     num_workers: int = 1
     """1: in this process. > 1: extract on that many Ray actors (the running Ray, else the cluster at
@@ -60,7 +85,6 @@ class EvaluationConfig:
     in-process, 1 per Ray actor. In-process, torch's thread count is restored afterwards."""
     chunk_size: int = 16
     """Photos per task (and per recogniser call, times sources and mirrors)."""
-    image_size: int = 112
     strict: bool = False
     """Missing or unreadable photos raise instead of being counted and excluded."""
     common_pairs: bool = True
@@ -74,8 +98,12 @@ class EvaluationConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", parse_sources(self.sources))
+        check_align(self.align)
+        check_on_no_face(self.on_no_face)
+        if self.detector is not None and not isinstance(self.detector, DetectorSpec):
+            raise TypeError(f"detector must be a DetectorSpec or None, got {type(self.detector).__name__}")
         if (DETECTOR in self.sources or BOX in self.sources) and self.detector is None:
-            raise ValueError(f"sources {self.sources} need detector settings")
+            raise ValueError(f"sources {self.sources} need a detector")
         if self.num_workers < 0 or self.chunk_size < 1:
             raise ValueError("num_workers must be >= 0 (0: every CPU on Ray) and chunk_size >= 1")
         if self.baseline is not None and self.baseline not in self.sources:
@@ -117,19 +145,20 @@ class ChunkResult:
 class ExtractionWorker:
     """Reads photos, makes crops for every source and embeds them; one per process (or Ray actor)."""
 
-    def __init__(self, *, recognizer: RecognizerConfig, sources: tuple[str, ...],
-                 detector: DetectorSettings | None, flip: bool, image_size: int = 112, threads: int = 0):
+    def __init__(self, *, recognizer: RecognizerConfig, sources: tuple[str, ...], align: AlignConfig,
+                 detector: DetectorSpec | None, on_no_face: str, flip: bool, threads: int = 0):
         if threads > 0:
             recognizer = recognizer.with_threads(threads)
         self.sources = parse_sources(sources)
         self.flip = flip
         self.recognizer = recognizer.build()
+        image_size = align.image_size
         if self.recognizer.input_size != image_size:
             raise ValueError(f"recogniser input is {self.recognizer.input_size}px but crops are {image_size}px")
         needs_detector = DETECTOR in self.sources or BOX in self.sources
         self.crop_maker = CropMaker(
-            sources=self.sources, aligner=detector.build_aligner(image_size) if needs_detector else None,
-            image_size=image_size, on_no_face=detector.on_no_face if detector is not None else "exclude",
+            sources=self.sources, aligner=face_aligner(align=align, detector=detector) if needs_detector else None,
+            image_size=image_size, on_no_face=on_no_face,
         )
 
     def process(self, tasks: Sequence[PhotoTask]) -> ChunkResult:
@@ -224,6 +253,8 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
     """Crops and features of every photo of ``protocol`` for every source of ``config``."""
     if PROVIDED in config.sources and not protocol.has_landmarks:
         raise ValueError(f"the 'provided' source needs protocol landmarks; {protocol.name} has none")
+    check_models(detectors=[config.detector] if DETECTOR in config.sources or BOX in config.sources else [],
+                 recognizer=recognizer)
     tasks = photo_tasks(protocol)
     if config.strict:
         missing = [t.path for t in tasks if not Path(t.path).is_file()]
@@ -232,8 +263,8 @@ def extract(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, con
                 f"{len(missing)} photos of {protocol.source} are missing, e.g. " + ", ".join(missing[:5])
             )
     chunks = [tasks[i:i + config.chunk_size] for i in range(0, len(tasks), config.chunk_size)]
-    worker_kwargs = dict(recognizer=recognizer, sources=config.sources, detector=config.detector,
-                         flip=config.aggregation.flip, image_size=config.image_size)
+    worker_kwargs = dict(recognizer=recognizer, sources=config.sources, align=config.align, detector=config.detector,
+                         on_no_face=config.on_no_face, flip=config.aggregation.flip)
     n = len(tasks)
     status = {s: np.zeros(n, dtype=np.int8) for s in config.sources}
     scores = {s: np.zeros(n, dtype=np.float32) for s in config.sources}
@@ -363,8 +394,8 @@ class EvaluationResult:
         return report
 
 
-def _source_scores(protocol: VerificationProtocol, extraction: Extraction, source: str,
-                   aggregation: AggregationConfig, use_fallbacks: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def _source_scores(protocol: VerificationProtocol, extraction: Extraction, source: str, aggregation: AggregationConfig,
+                   use_fallbacks: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """(pair scores with NaN where unscorable, scorable-pair mask, exclusion counts) of one source."""
     usable = extraction.usable(source, fallbacks=use_fallbacks)
     face_ok = usable[protocol.face_image]
@@ -422,7 +453,7 @@ def score(protocol: VerificationProtocol, extraction: Extraction, *, config: Eva
         if s == DETECTOR:
             if protocol.has_landmarks:
                 fallbacks["detector_to_provided"] = int(np.count_nonzero(status == CropStatus.FALLBACK))
-            elif config.detector is not None and config.detector.on_no_face == "center-crop":
+            elif config.on_no_face == "center-crop":
                 fallbacks["detector_to_center_crop"] = int(np.count_nonzero(status == CropStatus.FALLBACK))
         elif s == BOX:
             fallbacks["box_to_whole_photo"] = int(np.count_nonzero(status == CropStatus.FALLBACK))
@@ -436,7 +467,8 @@ def score(protocol: VerificationProtocol, extraction: Extraction, *, config: Eva
         "sources": list(config.sources),
         "protocol": protocol.summary(),
         "aggregation": config.aggregation.to_json(),
-        "detector": None if config.detector is None or config.sources == (PROVIDED,) else config.detector.to_json(),
+        "detector": None if config.detector is None or config.sources == (PROVIDED,) else settings_json(
+            align=config.align, detector=config.detector, on_no_face=config.on_no_face),
         "fars": [far_key(f) for f in config.fars],
         "common_pairs": config.common_pairs,
         "baseline": config.baseline_source,
@@ -448,6 +480,7 @@ def score(protocol: VerificationProtocol, extraction: Extraction, *, config: Eva
                             settings=base_settings)
 
 
-def evaluate(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, config: EvaluationConfig) -> EvaluationResult:
+def evaluate(protocol: VerificationProtocol, *, recognizer: RecognizerConfig,
+             config: EvaluationConfig) -> EvaluationResult:
     extraction = extract(protocol, recognizer=recognizer, config=config)
     return score(protocol, extraction, config=config, settings={"recognizer": recognizer.to_json()})

@@ -1,7 +1,8 @@
 """Alignment study: which alignment choices move verification accuracy, each on the full protocol.
 
-A study is a list of :class:`StudyVariant` — one detector (family, weights, runtime, precision,
-input size), one face choice (selection mode, minimum score), one crop source (``detector``:
+A study is a list of :class:`StudyVariant` — one detector (family, weights, runtime, precision),
+one :class:`pipeline.config.AlignConfig` (detector input size, face choice: selection mode and
+minimum score), one crop source (``detector``:
 ArcFace alignment; ``box``: no alignment), one flip fusion, and what happens to photos without a
 face. Running every variant as its own evaluation would detect and embed every photo once per
 variant; :func:`run_study` instead reads each photo once, runs each *distinct* detector once (at
@@ -21,8 +22,8 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,12 @@ from common.fsio import atomic_write_text
 from detector.config import ResizePolicy
 from detector.spec import DetectorSpec
 from pipeline.align import center_crop
+from pipeline.config import AlignConfig
 from pipeline.images import ImageReadError, read_image
 from pipeline.select import select_faces
 from pipeline.verification.aggregate import AggregationConfig
-from pipeline.verification.crops import BOX, DETECTOR, CropStatus, DetectorSettings, box_crop
+from pipeline.verification.crops import BOX, DETECTOR, CropStatus, box_crop, check_align, whole_image_box
+from pipeline.verification.executor import check_models
 from pipeline.verification.protocols import VerificationProtocol
 from pipeline.verification.recognizer import RecognizerConfig
 from pipeline.verification.runner import (
@@ -59,9 +62,10 @@ class StudyVariant:
     name: str
     """Short label, e.g. ``select=central``."""
     detector: DetectorSpec
-    """Which detector; its ``postprocess.conf_threshold`` is ignored (``min_score`` decides)."""
-    select: str = "largest"
-    min_score: float = 0.5
+    """Which detector (its ``resize`` is not used: ``align.resize`` decides)."""
+    align: AlignConfig = field(default_factory=AlignConfig)
+    """Detector input size (``resize``, ``refine_size``, ``retry_resize``) and face choice (``select``:
+    largest, central or score; ``min_score``): the one set of defaults unless changed."""
     source: str = DETECTOR
     """``detector`` (ArcFace alignment of the chosen face) or ``box`` (its box, no alignment)."""
     fusion: str = "sum"
@@ -74,40 +78,46 @@ class StudyVariant:
             raise ValueError(f"{self.name}: source must be 'detector' or 'box', got {self.source!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"{self.name}: fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
-        if self.select not in ("largest", "central", "score"):
-            raise ValueError(f"{self.name}: select must be largest, central or score, got {self.select!r}")
-        if not 0.0 <= self.min_score < 1.0:
-            raise ValueError(f"{self.name}: min_score must be in [0, 1), got {self.min_score}")
+        try:
+            check_align(self.align)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
+        if not self.align.min_score < 1.0:
+            raise ValueError(f"{self.name}: align.min_score must be in [0, 1), got {self.align.min_score}")
 
     @property
-    def detector_key(self) -> DetectorSpec:
-        """The detector without its threshold: variants with equal keys share one detection pass."""
-        return dataclasses.replace(self.detector, postprocess=dataclasses.replace(self.detector.postprocess,
-                                                                                  conf_threshold=0.0))
+    def detector_key(self) -> tuple[DetectorSpec, AlignConfig]:
+        """The detection pass without the face choice: variants with equal keys share one pass
+        (the detector's unused ``resize`` and the choice's ``select``/``min_score`` are neutralised)."""
+        return (dataclasses.replace(self.detector, resize=None),
+                dataclasses.replace(self.align, select="all", min_score=0.0, max_faces=None))
 
-    @property
-    def settings(self) -> DetectorSettings:
-        """The same choice as a plain evaluation's detector settings (``--conf`` = ``min_score``)."""
-        spec = dataclasses.replace(self.detector, postprocess=dataclasses.replace(self.detector.postprocess,
-                                                                                  conf_threshold=self.min_score))
-        return DetectorSettings(spec=spec, select=self.select, on_no_face="center-crop")
+    def evaluation_config(self, **kwargs: Any) -> EvaluationConfig:
+        """The plain evaluation this row equals (photos without a face centre-cropped); ``kwargs``:
+        other :class:`EvaluationConfig` fields (``fars``, ``threads``, ...)."""
+        return EvaluationConfig(sources=(self.source,), aggregation=self.aggregation, align=self.align,
+                                detector=self.detector, on_no_face="center-crop", use_fallbacks=self.use_fallbacks,
+                                **kwargs)
 
     @property
     def aggregation(self) -> AggregationConfig:
-        return AggregationConfig(flip=self.fusion != "none", flip_fusion="sum" if self.fusion == "none" else self.fusion,
+        return AggregationConfig(flip=self.fusion != "none",
+                                 flip_fusion="sum" if self.fusion == "none" else self.fusion,
                                  face_score=False, keep_norm=True)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "detector": self.detector.fingerprint(), "select": self.select,
-                "min_score": self.min_score, "source": self.source, "fusion": self.fusion,
-                "use_fallbacks": self.use_fallbacks}
+        return {"name": self.name,
+                "detector": {**self.detector.fingerprint(), "resize": self.align.resize.to_string()},
+                "select": self.align.select, "min_score": self.align.min_score, "source": self.source,
+                "fusion": self.fusion, "use_fallbacks": self.use_fallbacks}
 
 
-def default_variants(base: DetectorSpec, *, select: str = "largest", min_score: float = 0.5,
+def default_variants(base: DetectorSpec, *, align: AlignConfig | None = None,
                      resizes: Sequence[str] = ("cap:1024", "long:640", "long:160"),
-                     extra_detectors: Sequence[tuple[str, DetectorSpec]] = ()) -> list[StudyVariant]:
-    """The standard study: ``base`` (the given detector, face choice, flip sum, centred crop for
-    photos without a face) and one variant per choice, each changing one thing from it:
+                     extra_detectors: Sequence[tuple[str, DetectorSpec, str | None]] = ()) -> list[StudyVariant]:
+    """The standard study: ``base`` (the given detector and ``align``, default ``AlignConfig()``;
+    flip sum, centred crop for photos without a face) and one variant per choice, each changing
+    one thing from it:
 
     * face selection: the other two of largest / central / score;
     * minimum score: 0.1, 0.3, 0.8 (and 0.5 when the base is elsewhere);
@@ -116,22 +126,28 @@ def default_variants(base: DetectorSpec, *, select: str = "largest", min_score: 
       photo shrunk for the detector);
     * runtime and precision: eager torch fp32 (the reference) and, for a base on a reduced
       precision, the same runtime in fp32;
-    * each of ``extra_detectors`` (``(label, spec)``: another family such as SCRFD, at its own resize);
+    * each of ``extra_detectors`` (``(label, spec, resize)``: another family such as SCRFD, at its own
+      resize, ``None``: the base's);
     * flip fusion: none and concat;
     * photos without a face excluded instead of centre-cropped;
     * ``box``: the chosen face's box, no alignment — what alignment buys.
     """
-    b = StudyVariant(name="base", detector=base, select=select, min_score=min_score)
+    align = AlignConfig() if align is None else align
+    b = StudyVariant(name="base", detector=base, align=align)
+
+    def changed(**fields: Any) -> AlignConfig:
+        return dataclasses.replace(align, **fields)
+
     out = [b]
     for mode in ("largest", "central", "score"):
-        if mode != select:
-            out.append(dataclasses.replace(b, name=f"select={mode}", select=mode))
+        if mode != align.select:
+            out.append(dataclasses.replace(b, name=f"select={mode}", align=changed(select=mode)))
     for t in (0.1, 0.3, 0.5, 0.8):
-        if not math.isclose(t, min_score):
-            out.append(dataclasses.replace(b, name=f"min_score={t}", min_score=t))
+        if not math.isclose(t, align.min_score):
+            out.append(dataclasses.replace(b, name=f"min_score={t}", align=changed(min_score=t)))
     for resize in resizes:
-        if str(ResizePolicy.parse(base.resize)) != str(ResizePolicy.parse(resize)):
-            out.append(dataclasses.replace(b, name=f"resize={resize}", detector=dataclasses.replace(base, resize=resize)))
+        if align.resize != ResizePolicy.parse(resize):
+            out.append(dataclasses.replace(b, name=f"resize={resize}", align=changed(resize=resize)))
     resolved = base.resolved()
     if resolved.family == "retinaface" and resolved.runtime != "torch":
         out.append(dataclasses.replace(b, name="runtime=torch fp32",
@@ -139,8 +155,8 @@ def default_variants(base: DetectorSpec, *, select: str = "largest", min_score: 
     if resolved.precision not in ("fp32",):
         out.append(dataclasses.replace(b, name=f"{resolved.runtime} fp32",
                                        detector=dataclasses.replace(base, runtime=resolved.runtime, precision="fp32")))
-    for label, spec in extra_detectors:
-        out.append(dataclasses.replace(b, name=label, detector=spec))
+    for label, spec, resize in extra_detectors:
+        out.append(dataclasses.replace(b, name=label, detector=spec, align=changed(resize=resize) if resize else align))
     out.append(dataclasses.replace(b, name="flip=none", fusion="none"))
     out.append(dataclasses.replace(b, name="flip=concat", fusion="concat"))
     out.append(dataclasses.replace(b, name="no face: excluded", use_fallbacks=False))
@@ -174,7 +190,7 @@ class StudyWorker:
 
     def __init__(self, *, recognizer: RecognizerConfig, variants: Sequence[StudyVariant], image_size: int = 112,
                  threads: int = 0):
-        from pipeline.stage import AlignConfig, FaceAligner
+        from pipeline.stage import FaceAligner
 
         if threads > 0:
             recognizer = recognizer.with_threads(threads)
@@ -183,17 +199,16 @@ class StudyWorker:
             raise ValueError(f"recogniser input is {self.recognizer.input_size}px but crops are {image_size}px")
         self.variants = list(variants)
         self.image_size = image_size
-        keys: list[DetectorSpec] = []
+        keys: list[tuple[DetectorSpec, AlignConfig]] = []
         self.group_of: list[int] = []
         for v in self.variants:
             if v.detector_key not in keys:
                 keys.append(v.detector_key)
             self.group_of.append(keys.index(v.detector_key))
         self.aligners = []
-        for g, key in enumerate(keys):
-            low = min(v.min_score for v, gv in zip(self.variants, self.group_of) if gv == g)
-            spec = dataclasses.replace(key, postprocess=dataclasses.replace(key.postprocess, conf_threshold=low))
-            config = AlignConfig(image_size=image_size, select="all", max_faces=None, min_score=low, resize=spec.resize)
+        for g, (spec, align) in enumerate(keys):
+            low = min(v.align.min_score for v, gv in zip(self.variants, self.group_of) if gv == g)
+            config = dataclasses.replace(align, image_size=image_size, min_score=low)
             self.aligners.append(FaceAligner(detector=spec.build, config=config))
 
     def process(self, tasks: Sequence[PhotoTask]) -> StudyChunk:
@@ -204,6 +219,15 @@ class StudyWorker:
         crops: list[np.ndarray] = []
         problems: dict[int, str] = {}
         t_read = t_detect = 0.0
+        made: dict[tuple, int] = {}  # distinct crop of the current photo -> row in ``crops``
+
+        def row(key: tuple, make: Callable[..., np.ndarray], *args: Any) -> int:
+            """Row in ``crops`` of the crop ``make(*args)``, made once per photo and ``key``."""
+            if key not in made:
+                made[key] = len(crops)
+                crops.append(make(*args))
+            return made[key]
+
         for pos, task in enumerate(tasks):
             t0 = time.perf_counter()
             path = Path(task.path)
@@ -220,34 +244,25 @@ class StudyWorker:
             finally:
                 t_read += time.perf_counter() - t0
             t1 = time.perf_counter()
-            made: dict[tuple, int] = {}  # distinct crop -> row in ``crops``
-
-            def row(key: tuple, make) -> int:
-                if key not in made:
-                    made[key] = len(crops)
-                    crops.append(make())
-                return made[key]
-
+            made.clear()
             per_group = [a.detect_and_align([image])[0] for a in self.aligners]
             for v_i, (v, g) in enumerate(zip(self.variants, self.group_of)):
                 dets, faces = per_group[g]
-                idx = select_faces(dets.boxes, dets.scores, image_shape=image.shape, mode=v.select,
-                                   min_score=v.min_score, max_faces=1)
+                idx = select_faces(dets.boxes, dets.scores, image_shape=image.shape, mode=v.align.select,
+                                   min_score=v.align.min_score, max_faces=1)
                 if len(idx):
                     i = int(idx[0])
                     face = next(f for f in faces if f.face_index == i)
                     if v.source == DETECTOR:
-                        crop_of[v_i, pos] = row((g, i, DETECTOR), lambda: face.crop)
+                        crop_of[v_i, pos] = row((g, i, DETECTOR), lambda crop: crop, face.crop)
                     else:
-                        crop_of[v_i, pos] = row((g, i, BOX), lambda: box_crop(image, face.box, self.image_size))
+                        crop_of[v_i, pos] = row((g, i, BOX), box_crop, image, face.box, self.image_size)
                     status[v_i, pos], scores[v_i, pos] = CropStatus.OK, face.score
                 elif v.source == DETECTOR:
-                    crop_of[v_i, pos] = row(("center",), lambda: center_crop(image, (self.image_size,) * 2))
+                    crop_of[v_i, pos] = row(("center",), center_crop, image, (self.image_size,) * 2)
                     status[v_i, pos], scores[v_i, pos] = CropStatus.FALLBACK, 1.0
                 else:  # the box source's own fallback: the whole photo's centred square
-                    h, w = image.shape[:2]
-                    crop_of[v_i, pos] = row(("whole",), lambda: box_crop(image, np.array([0.0, 0.0, w, h]),
-                                                                         self.image_size))
+                    crop_of[v_i, pos] = row(("whole",), box_crop, image, whole_image_box(image), self.image_size)
                     status[v_i, pos], scores[v_i, pos] = CropStatus.FALLBACK, 1.0
             t_detect += time.perf_counter() - t1
         t0 = time.perf_counter()
@@ -282,6 +297,9 @@ class StudyConfig:
         object.__setattr__(self, "variants", tuple(self.variants))
         if not self.variants:
             raise ValueError("a study needs at least one variant")
+        other = [v.name for v in self.variants if v.align.image_size != self.image_size]
+        if other:
+            raise ValueError(f"variants {other} make crops of another size than image_size={self.image_size}")
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -329,6 +347,7 @@ class StudyResult:
 
 def run_study(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, config: StudyConfig) -> StudyResult:
     """Extract once for all variants (see the module docstring), then score each variant."""
+    check_models(detectors=[v.detector for v in config.variants], recognizer=recognizer)
     tasks = photo_tasks(protocol)
     chunks = [tasks[i:i + config.chunk_size] for i in range(0, len(tasks), config.chunk_size)]
     n, nv = len(tasks), len(config.variants)
@@ -373,8 +392,7 @@ def run_study(protocol: VerificationProtocol, *, recognizer: RecognizerConfig, c
             status={v.source: status[v_i]}, scores={v.source: scores[v_i]}, flip=True, problems=problems,
             throughput=throughput,
         )
-        eval_config = EvaluationConfig(sources=(v.source,), aggregation=v.aggregation, detector=v.settings,
-                                       fars=config.fars, use_fallbacks=v.use_fallbacks, progress=False)
+        eval_config = v.evaluation_config(fars=config.fars, progress=False)
         results[v.name] = score(protocol, extraction, config=eval_config, settings={"variant": v.to_json()})
     return StudyResult(protocol=protocol, config=config, results=results, throughput=throughput)
 

@@ -248,7 +248,8 @@ def test_the_three_stage_layout_gives_the_records_of_the_fused_actors(bad_tree_r
     three = {r["src"]: r for r in _manifest_lines(staged)}
     assert {k: [r[x] for x in keys] for k, r in three.items()} == {k: [r[x] for x in keys] for k, r in fused.items()}
     assert len(fused) == len(expected)
-    # the read tasks decode JPEG drafts for the actors, the fused actors their own: the same faces, to a fraction of a pixel
+    # the read tasks decode JPEG drafts for the actors, the fused actors their own: the same faces, to a
+    # fraction of a pixel
     for rel, r in fused.items():
         assert len(three[rel]["faces"]) == len(r["faces"]), rel
         for a, b in zip(three[rel]["faces"], r["faces"]):

@@ -15,6 +15,7 @@ import pytest
 from detector.spec import DetectorSpec
 from pipeline.job import AlignJobConfig, JobConfigError
 from pipeline.job.config import EXIT_USAGE
+from pipeline.select import box_iou
 from tests.shared import asset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,13 +89,6 @@ def _by_src(dst: Path) -> dict[str, dict]:
     return {r["src"]: r for r in map(json.loads, lines)}
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def test_the_gpu_layout_writes_the_manifest_of_the_cpu_layout(gpu_ray, small_tree, tmp_path, monkeypatch,
                                                               mobilenet_weights):
     from pipeline.job import run_align_job
@@ -124,7 +118,7 @@ def test_the_gpu_layout_writes_the_manifest_of_the_cpu_layout(gpu_ray, small_tre
         assert len(ra["faces"]) == len(rb["faces"]), src
         for fa, fb in zip(ra["faces"], rb["faces"]):
             width = fa["box"][2] - fa["box"][0]
-            assert _iou(fa["box"], fb["box"]) >= 0.7, src
+            assert box_iou(fa["box"], fb["box"])[0, 0] >= 0.7, src
             assert np.abs(np.subtract(fa["landmarks"], fb["landmarks"])).max() <= 0.015 * width, src
         assert len(rb["outputs"]) == len(ra["outputs"]) and all((tmp_path / "gpu" / o).is_file() for o in rb["outputs"])
     assert a["b/group.jpg"]["width"] == 1280 and len(a["b/group.jpg"]["faces"]) >= 5

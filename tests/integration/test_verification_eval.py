@@ -14,19 +14,20 @@ import pytest
 
 from detector.api import PostprocessConfig
 from detector.spec import DetectorSpec
+from pipeline.config import AlignConfig
 from pipeline.images import read_image
 from pipeline.verification import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     AggregationConfig,
     CropMaker,
-    DetectorSettings,
     EvaluationConfig,
     OnnxRecognizerConfig,
     Preprocess,
     VerificationDataError,
     evaluate,
     extract,
+    face_aligner,
     read_ijb,
     read_pairs_csv,
     score,
@@ -47,25 +48,26 @@ def recognizer():
 
 
 @pytest.fixture(scope="module")
-def detector_settings():
-    # The golden run's settings: long side capped at 1024, confidence 0.5, NMS 0.4, largest face.
-    spec = DetectorSpec(weights=str(asset(MOBILENET_WEIGHTS)), runtime="torch", resize="cap:1024",
-                        postprocess=PostprocessConfig(conf_threshold=0.5, nms_threshold=0.4))
-    return DetectorSettings(spec=spec, select="largest")
+def golden_settings():
+    """The golden run's detector and face choice (``EvaluationConfig`` fields): long side capped at
+    1024, confidence 0.5, NMS 0.4, largest face; the rest the one set of defaults."""
+    spec = DetectorSpec(weights=str(asset(MOBILENET_WEIGHTS)), runtime="torch",
+                        postprocess=PostprocessConfig(nms_threshold=0.4))
+    return dict(align=AlignConfig(select="largest", min_score=0.5, resize="cap:1024"), detector=spec)
 
 
-def config(detector_settings, **kw):
+def config(golden_settings, **kw):
     kw.setdefault("aggregation", AggregationConfig(flip=False))
-    return EvaluationConfig(detector=detector_settings, threads=THREADS, progress=False, **kw)
+    return EvaluationConfig(**golden_settings, threads=THREADS, progress=False, **kw)
 
 
 # ------------------------------------------------------------------------------------- acceptance 1: golden
 
 
-def test_deepface_reproduces_golden(recognizer, detector_settings, tmp_path):
+def test_deepface_reproduces_golden(recognizer, golden_settings, tmp_path):
     expected = json.loads(golden("verification/deepface_expected.json").read_text())["results"]
     protocol = read_pairs_csv(asset("verification/deepface/master.csv"))
-    cfg = config(detector_settings, sources=("detector", "box"), fars=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2, 1e-1))
+    cfg = config(golden_settings, sources=("detector", "box"), fars=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2, 1e-1))
     result = evaluate(protocol, recognizer=recognizer, config=cfg)
     det, box = result.sources["detector"].metrics, result.sources["box"].metrics
     want_det, want_box = expected["aligned_arcface112"], expected["no_alignment_square_box_crop_112"]
@@ -138,11 +140,11 @@ def _loose_crop(image, box, landmarks, factor, shift, long_side=200):
 
 
 @pytest.fixture(scope="module")
-def mini_ijbc(tmp_path_factory, detector_settings):
+def mini_ijbc(tmp_path_factory, golden_settings):
     """The deepface photos as IJB-C: per person two templates; each photo is one media of two loose crops
     ("frames"); the 5-point file holds our detector's landmarks mapped into the loose crops."""
     protocol = read_pairs_csv(asset("verification/deepface/master.csv"))
-    maker = CropMaker(sources=("detector",), aligner=detector_settings.build_aligner())
+    maker = CropMaker(sources=("detector",), aligner=face_aligner(**golden_settings))
     root = tmp_path_factory.mktemp("ijbc")
     with torch_threads(THREADS):
         _write_mini_ijbc(root, protocol, maker)
@@ -183,9 +185,9 @@ INSIGHTFACE = AggregationConfig(flip=True, face_score=True, keep_norm=True)  # e
 
 
 @pytest.fixture(scope="module")
-def mini_ijbc_result(mini_ijbc, recognizer, detector_settings):
+def mini_ijbc_result(mini_ijbc, recognizer, golden_settings):
     protocol = read_ijb(mini_ijbc)
-    cfg = config(detector_settings, sources=("provided", "detector", "box"), aggregation=INSIGHTFACE)
+    cfg = config(golden_settings, sources=("provided", "detector", "box"), aggregation=INSIGHTFACE)
     return evaluate(protocol, recognizer=recognizer, config=cfg)
 
 
@@ -228,10 +230,10 @@ def test_mini_ijbc_aggregation_matches_reference(mini_ijbc_result):
     assert max(diffs) < 1e-6
 
 
-def test_mini_ijbc_on_ray_equals_in_process(mini_ijbc, mini_ijbc_result, recognizer, detector_settings, ray_session):
+def test_mini_ijbc_on_ray_equals_in_process(mini_ijbc, mini_ijbc_result, recognizer, golden_settings, ray_session):
     protocol = read_ijb(mini_ijbc)
     # num_workers=0: one actor per `threads` CPUs of the running Ray (4 CPUs in the test session)
-    cfg = dataclasses.replace(config(detector_settings, sources=("provided", "detector", "box"), aggregation=INSIGHTFACE,
+    cfg = dataclasses.replace(config(golden_settings, sources=("provided", "detector", "box"), aggregation=INSIGHTFACE,
                                      num_workers=0, chunk_size=8), threads=2)
     extraction = extract(protocol, recognizer=recognizer, config=cfg)
     local = mini_ijbc_result.extraction
@@ -276,10 +278,10 @@ def broken_ijbc(mini_ijbc, tmp_path):
     return root, {"missing": missing, "unreadable": unreadable, "lost_pairs": lost_pairs}
 
 
-def test_problems_are_counted_in_the_report(broken_ijbc, recognizer, detector_settings, tmp_path):
+def test_problems_are_counted_in_the_report(broken_ijbc, recognizer, golden_settings, tmp_path):
     root, truth = broken_ijbc
     protocol = read_ijb(root)
-    cfg = config(detector_settings, sources=("provided", "detector"))
+    cfg = config(golden_settings, sources=("provided", "detector"))
     result = evaluate(protocol, recognizer=recognizer, config=cfg)
     report = json.loads(write_report(result, tmp_path / "out")["report"].read_text())
     for name in ("provided", "detector"):
@@ -293,19 +295,19 @@ def test_problems_are_counted_in_the_report(broken_ijbc, recognizer, detector_se
     assert report["problems"]["count"] == 4
     assert any(truth["unreadable"] in p and "not a supported image" in p for p in report["problems"]["examples"])
 
-    strict = config(detector_settings, sources=("provided",), strict=True)
+    strict = config(golden_settings, sources=("provided",), strict=True)
     with pytest.raises(VerificationDataError, match=r"3 photos .* missing.*" + truth["missing"][0].replace(".", r"\.")):
         evaluate(protocol, recognizer=recognizer, config=strict)
 
 
-def test_pairs_csv_with_missing_photo(mini_ijbc, recognizer, detector_settings, tmp_path):
+def test_pairs_csv_with_missing_photo(mini_ijbc, recognizer, golden_settings, tmp_path):
     csv_path = tmp_path / "pairs.csv"
     with csv_path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerows([("file_x", "file_y", "Decision"), ("1.jpg", "3.jpg", "Yes"), ("1.jpg", "gone.jpg", "Yes"),
                      ("1.jpg", "41.jpg", "No"), ("gone.jpg", "41.jpg", "No"), ("3.jpg", "41.jpg", "No")])
     protocol = read_pairs_csv(csv_path, root=mini_ijbc / "loose_crop")
-    result = evaluate(protocol, recognizer=recognizer, config=config(detector_settings, sources=("detector", "box")))
+    result = evaluate(protocol, recognizer=recognizer, config=config(golden_settings, sources=("detector", "box")))
     for res in result.sources.values():
         assert res.excluded["missing_images"] == 1 and res.excluded["pairs"] == 2
         assert int(res.pair_mask.sum()) == 3
@@ -327,5 +329,6 @@ def test_job_command_line(mini_ijbc, tmp_path, capsys):
     assert "provided" in printed and "faces/s" in printed and "report:" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["sources"] == ["provided"]
-    assert report["settings"]["aggregation"] == {"flip": True, "flip_fusion": "sum", "face_score": True, "keep_norm": True}
+    assert report["settings"]["aggregation"] == {"flip": True, "flip_fusion": "sum", "face_score": True,
+                                                 "keep_norm": True}
     assert report["provided"]["pairs"] == 153 and (out / "roc.png").is_file()

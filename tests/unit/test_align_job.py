@@ -229,7 +229,8 @@ def test_predictor_gives_the_same_result_from_file_bytes_and_from_decoded_pixels
     names = ["img1.jpg", "img47.jpg", "master.csv"]  # img47.jpg is a WebP; the csv is not an image
     batch = {"src": np.array([n.encode() for n in names], dtype=object),
              "stem": np.array([f"out/{Path(n).stem}".encode() for n in names], dtype=object)}
-    predictor = FaceCropPredictor(detector=DetectorSpec(weights=str(mobilenet_weights), runtime="torch", threads=1), align=AlignConfig(on_error="record"))
+    spec = DetectorSpec(weights=str(mobilenet_weights), runtime="torch", threads=1)
+    predictor = FaceCropPredictor(detector=spec, align=AlignConfig(on_error="record"))
     outputs = []
     for decode in (False, True):
         table = read_images(batch, src_root=str(asset(DEEPFACE)), decode=decode, max_pixels=None,
@@ -240,8 +241,7 @@ def test_predictor_gives_the_same_result_from_file_bytes_and_from_decoded_pixels
     by_bytes, by_pixels = outputs
     assert by_bytes.equals(by_pixels)
     # GPU actors detect a whole batch per call (padded to the largest photo): same faces, crops +-1
-    batched = FaceCropPredictor(detector=DetectorSpec(weights=str(mobilenet_weights), runtime="torch", threads=1), align=AlignConfig(on_error="record"),
-                                detect_batch_size=3)(as_numpy)
+    batched = FaceCropPredictor(detector=spec, align=AlignConfig(on_error="record"), detect_batch_size=3)(as_numpy)
     assert batched.column("status").equals(by_bytes.column("status"))
     for row in (0, 1):
         one, many = (np.frombuffer(t.column("crops")[row].as_py(), np.uint8).astype(int) for t in (by_bytes, batched))

@@ -17,6 +17,7 @@ from pipeline.config import AlignConfig
 from pipeline.curation.identity import (
     OutlierRule,
     cosine_distances,
+    identity_face,
     l2_normalize,
     medoid_index,
     nearest_face,
@@ -85,6 +86,18 @@ def test_nearest_face_and_identity_selection():
                         min_score=0.5).tolist() == [1]
     with pytest.raises(ValueError, match="needs per-face distances"):
         select_faces(boxes, scores, image_shape=(200, 200), mode="identity")
+
+
+def test_identity_face_is_the_nearest_else_the_largest():
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 105, 65], [0, 0, 50, 50], [200, 200, 260, 300]], np.float64)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # 100, 6000, 2500, 6000
+    assert identity_face(np.array([0.9, np.nan, 0.3, 0.4]), boxes) == 2  # nearest known distance
+    # no known distance: the largest box, the first of equal ones (reference: argmax, first wins)
+    assert identity_face(np.full(4, np.nan), boxes) == int(np.argmax(areas)) == 1
+    assert identity_face(np.full(2, np.nan), boxes[[0, 2]]) == 1
+    assert identity_face(np.zeros(0), np.zeros((0, 4))) == -1
+    with pytest.raises(ValueError, match="2 distances but 4 boxes"):
+        identity_face(np.zeros(2), boxes)
 
 
 def test_select_identity_needs_a_recognizer(tmp_path):

@@ -3,11 +3,12 @@
 * On the golden photos (and at a resize), the raw outputs of the exported RetinaFace go through the
   torch :class:`~detector.inference.RetinaFacePostprocess` and through the numpy path of
   :class:`~detector.onnx_runtime.OnnxRetinaFace`: same kept faces, boxes / landmarks to 1e-5
-  relative (float32: numpy's and torch's ``exp`` may differ by an ulp), scores to 1e-6, at the reference thresholds (0.02) and at 0.5.
+  relative (float32: numpy's and torch's ``exp`` may differ by an ulp), scores to 1e-6, at the
+  reference thresholds (0.02) and at 0.5.
 * :func:`detector.postprocess.greedy_nms` keeps exactly what :func:`detector.boxes.nms` keeps, with
   and without the +1-pixel convention, on crowded random boxes and on SCRFD's candidates.
 * The one :class:`~detector.box_coder.BoxCoder` gives the same numbers on numpy arrays and tensors.
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 
@@ -134,11 +135,11 @@ def test_box_coder_numpy_equals_torch():
     anchors = np.concatenate([rng.uniform(0, 500, (300, 2)), rng.uniform(8, 300, (300, 2))], 1).astype(np.float32)
     deltas = rng.normal(0, 1, (300, 4)).astype(np.float32)
     ldeltas = rng.normal(0, 1, (300, 10)).astype(np.float32)
-    a, d, l = (torch.from_numpy(x) for x in (anchors, deltas, ldeltas))  # noqa: E741
+    a, d, ld = (torch.from_numpy(x) for x in (anchors, deltas, ldeltas))
     # exp may differ by an ulp between numpy and torch: equal to float32 precision
     np.testing.assert_allclose(coder.decode_boxes(deltas, anchors), coder.decode_boxes(d, a).numpy(),
                                rtol=1e-6, atol=1e-4)
-    np.testing.assert_allclose(coder.decode_landmarks(ldeltas, anchors), coder.decode_landmarks(l, a).numpy(),
+    np.testing.assert_allclose(coder.decode_landmarks(ldeltas, anchors), coder.decode_landmarks(ld, a).numpy(),
                                rtol=1e-6, atol=1e-4)
     boxes = coder.decode_boxes(deltas, anchors)
     assert np.abs(coder.encode_boxes(boxes, anchors) - deltas).max() <= 1e-3  # round trip, numpy

@@ -164,7 +164,7 @@ def test_the_gpu_check_refuses_fp16_without_tensorrt_and_a_provider_that_fell_ba
     monkeypatch.delenv("FACEPREP_TEST_GPU_ON_CPU")
     monkeypatch.setattr("detector.probe.onnxruntime_cuda_problem", lambda precision="fp32": None)
     monkeypatch.setattr("detector.probe.session_providers",
-                        lambda model: ["CUDAExecutionProvider"] if hasattr(model, "detect") else ["CPUExecutionProvider"])  # noqa: E501
+                        lambda model: ["CUDAExecutionProvider" if hasattr(model, "detect") else "CPUExecutionProvider"])
     problem = check_device(scrfd_cuda, recognizer)
     assert problem.startswith("the recogniser would run on the CPU inside a GPU actor")
 

@@ -211,3 +211,17 @@ def test_no_module_over_the_line_limit(package: str) -> None:
             if lines > MAX_LINES:
                 long[str(path.relative_to(REPO))] = lines
     assert not long, f"modules over {MAX_LINES} lines: " + ", ".join(f"{p} ({n})" for p, n in sorted(long.items()))
+
+
+ALIGNMENT_CALLS = ("select_faces", "norm_crop(", "estimate_norm")
+"""Face choice and alignment live in library code (:mod:`pipeline.select`, :mod:`pipeline.align`,
+:mod:`pipeline.stage`, :mod:`pipeline.curation`); the batch job only calls it."""
+
+
+def test_the_job_never_chooses_or_aligns_faces_itself() -> None:
+    files = sorted((REPO / "pipeline" / "job").rglob("*.py"))
+    assert len(files) > 10 and any(p.name == "actors.py" for p in files)  # the tree was found
+    found = {f"{p.relative_to(REPO)}:{i}: {name}": line.strip()
+             for p in files for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             for name in ALIGNMENT_CALLS if name in line}
+    assert not found, "pipeline/job/ calls alignment code directly:\n" + "\n".join(found)

@@ -117,7 +117,8 @@ def test_manifests_of_older_runs_still_read():
            "faces": [{"box": [50, 40, 150, 160], "score": 0.98, "landmarks": [[80, 90]] * 5}], "selected": [0]}
     record = PhotoRecord.from_dict(old)
     assert record.faces[0].quality is None and record.faces[0].box == (50, 40, 150, 160)  # ints stay ints
-    assert (record.error, record.landmarks, record.filtered, record.height, record.has_identity) == ("", "", "", 0, False)  # noqa: E501
+    assert (record.error, record.landmarks, record.filtered, record.height,
+            record.has_identity) == ("", "", "", 0, False)
     assert record.to_dict() == {**old, "error": "", "height": 0, "width": 0}
     assert PhotoRecord.from_dict({"src": "x.jpg"}).status == STATUS_ERROR  # no status: not trusted
     given = FaceRecord.from_json({"box": None, "score": None, "landmarks": [[1, 2]] * 5})

@@ -9,6 +9,7 @@ import pytest
 from detector.spec import DetectorSpec
 from pipeline.config import AlignConfig
 from pipeline.refine import RefineWindow, match_face, needs_refinement, refine_windows, window_side
+from pipeline.select import box_iou
 from pipeline.stage import FaceAligner, PhotoInput
 from tests.shared import asset
 
@@ -44,15 +45,30 @@ def test_refinement_is_asked_only_for_faces_the_coarse_pass_saw_small():
 def _errors(got, ref) -> list[float]:
     """Mean landmark distance in % of the reference box width, per reference face found (IoU >= 0.7)."""
     out = []
-    for box, lm in zip(ref.boxes, ref.landmarks):
-        iw = np.clip(np.minimum(box[2], got.boxes[:, 2]) - np.maximum(box[0], got.boxes[:, 0]), 0, None)
-        ih = np.clip(np.minimum(box[3], got.boxes[:, 3]) - np.maximum(box[1], got.boxes[:, 1]), 0, None)
-        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-        iou = iw * ih / (area(box) + area(got.boxes) - iw * ih)
+    ious = box_iou(ref.boxes, got.boxes)
+    for box, lm, iou in zip(ref.boxes, ref.landmarks, ious):
         j = int(np.argmax(iou))
         if iou[j] >= 0.7:
             out.append(float(np.linalg.norm(got.landmarks[j] - lm, axis=1).mean() / (box[2] - box[0]) * 100))
     return out
+
+
+def test_box_iou_golden_values_and_the_torch_reference():
+    a = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 20, 30]], np.float64)  # the last one has no area
+    b = np.array([[0, 0, 10, 10], [0, 0, 5, 10], [10, 10, 20, 20]], np.float64)
+    expected = np.array([[1.0, 0.5, 0.0], [25 / 175, 0.0, 25 / 175], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(box_iou(a, b), expected, rtol=1e-12, atol=0)
+    assert box_iou(a, np.zeros((0, 4))).shape == (3, 0) and box_iou(a[0], b).shape == (1, 3)
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 100, (2, 40, 2, 2))
+    x, y = np.sort(corners[..., 0], axis=-1), np.sort(corners[..., 1], axis=-1)
+    boxes = np.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)  # [2, 40, 4] valid boxes
+    torch = pytest.importorskip("torch")
+    from detector.boxes import box_iou as torch_box_iou
+
+    want = torch_box_iou(torch.from_numpy(boxes[0]), torch.from_numpy(boxes[1])).numpy()
+    np.testing.assert_allclose(box_iou(boxes[0], boxes[1]), want, rtol=1e-12, atol=1e-15)
+    assert (box_iou(boxes[0], boxes[1]) > 0).any()
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +81,11 @@ def test_refined_landmarks_agree_with_the_full_size_detection_better_than_coarse
     refined landmarks are closer to the detection at the photo's own size."""
     data = asset("images/crowd_biubug6_curve_test.jpg").read_bytes()
     every = dict(select="all", min_score=0.8, retry_resize=None)
-    run = lambda **kw: FaceAligner(detector=torch_detector, config=AlignConfig(**every, **kw)).run(  # noqa: E731
-        [PhotoInput(data=data, source="crowd")])[0]
+
+    def run(**kw):
+        aligner = FaceAligner(detector=torch_detector, config=AlignConfig(**every, **kw))
+        return aligner.run([PhotoInput(data=data, source="crowd")])[0]
+
     ref = run(resize="original", refine_size=None)
     coarse = run(resize="cap:512", refine_size=None)
     fine = run(resize="cap:512", refine_size=128)
@@ -104,3 +123,17 @@ def test_one_set_of_defaults_for_the_python_api_the_job_and_verification():
     from pipeline.job.config import AlignJobConfig
 
     assert AlignJobConfig(src="a", dst="b").align == job.align
+    # verification: the command line, the Python API and the study's base row use the same AlignConfig
+    from pipeline.verification import EvaluationConfig
+    from pipeline.verification.cli import build_parser as verification_parser
+    from pipeline.verification.cli import evaluation_config_from_args
+    from pipeline.verification.study import default_variants
+
+    args = verification_parser().parse_args(["--lfw", "x", "--model", "m.onnx", "--out", "o"])
+    verification = evaluation_config_from_args(args, has_landmarks=False)
+    assert {f: getattr(verification.align, f) for f in fields} == {f: getattr(defaults, f) for f in fields}
+    assert EvaluationConfig().align == defaults
+    from tests.shared import MOBILENET_WEIGHTS
+
+    spec = DetectorSpec(weights=str(asset(MOBILENET_WEIGHTS)), runtime="torch")
+    assert default_variants(spec)[0].align == defaults

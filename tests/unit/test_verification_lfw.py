@@ -169,6 +169,7 @@ def test_study_rows_equal_plain_evaluations(mini_lfw):
 
     from detector.api import PostprocessConfig
     from detector.spec import DetectorSpec
+    from pipeline.config import AlignConfig
     from pipeline.verification import (
         IMAGENET_MEAN,
         IMAGENET_STD,
@@ -182,17 +183,19 @@ def test_study_rows_equal_plain_evaluations(mini_lfw):
 
     recognizer = OnnxRecognizerConfig(model=asset("weights/mobilefacenet_arcface112.onnx"), threads=1,
                                       preprocess=Preprocess(rgb=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
-    spec = DetectorSpec(weights=str(asset(MOBILENET_WEIGHTS)), runtime="onnxruntime", resize="cap:1024",
-                        postprocess=PostprocessConfig(conf_threshold=0.5, nms_threshold=0.4))
-    base = StudyVariant(name="base", detector=spec)
+    spec = DetectorSpec(weights=str(asset(MOBILENET_WEIGHTS)), runtime="onnxruntime",
+                        postprocess=PostprocessConfig(nms_threshold=0.4))
+    align = AlignConfig(select="largest", min_score=0.5, resize="cap:1024")
+    base = StudyVariant(name="base", detector=spec, align=align)
+    strict = dataclasses.replace(align, min_score=0.9995)  # some photos lose their face: centre crop
     variants = [
         base,
-        dataclasses.replace(base, name="central", select="central"),
-        dataclasses.replace(base, name="strict", min_score=0.9995),  # some photos lose their face: centre crop
-        dataclasses.replace(base, name="strict, excluded", min_score=0.9995, use_fallbacks=False),
+        dataclasses.replace(base, name="central", align=dataclasses.replace(align, select="central")),
+        dataclasses.replace(base, name="strict", align=strict),
+        dataclasses.replace(base, name="strict, excluded", align=strict, use_fallbacks=False),
         dataclasses.replace(base, name="concat", fusion="concat"),
         dataclasses.replace(base, name="none", fusion="none"),
-        dataclasses.replace(base, name="long640", detector=dataclasses.replace(spec, resize="long:640")),
+        dataclasses.replace(base, name="long640", align=dataclasses.replace(align, resize="long:640")),
         dataclasses.replace(base, name="box", source="box"),
     ]
     study = run_study(mini_lfw, recognizer=recognizer,
@@ -206,11 +209,54 @@ def test_study_rows_equal_plain_evaluations(mini_lfw):
     assert rows["strict, excluded"]["pairs"] < 24 == rows["strict"]["pairs"]
     for v in variants:
         plain = evaluate(mini_lfw, recognizer=recognizer, config=EvaluationConfig(
-            sources=(v.source,), aggregation=v.aggregation, detector=v.settings, use_fallbacks=v.use_fallbacks,
-            threads=1, progress=False))
+            sources=(v.source,), aggregation=v.aggregation, align=v.align, detector=v.detector,
+            on_no_face="center-crop", use_fallbacks=v.use_fallbacks, threads=1, progress=False))
+        assert plain.config == v.evaluation_config(threads=1, progress=False)
         want, got = plain.sources[v.source], study.results[v.name].sources[v.source]
         np.testing.assert_array_equal(got.pair_mask, want.pair_mask)
         np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6, err_msg=v.name)
         assert got.kfold.mean == pytest.approx(want.kfold.mean, abs=1e-12), v.name
         assert rows[v.name]["pairs"] == int(want.pair_mask.sum())
     assert "| base | " in study.markdown() and study.markdown().count("\n") == len(variants) + 1
+
+
+def test_missing_weights_or_model_is_one_line_and_exit_2_before_any_work(tmp_path, monkeypatch, capsys):
+    """No FACEPREP_WEIGHTS, an empty cache and no internet: the command names the weights in one
+    line and exits 2 before any photo is read or any Ray actor started (the align job's rule)."""
+    import urllib.error
+
+    import detector.hub
+    import pipeline.verification.cli as cli
+
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("FACEPREP_WEIGHTS", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no internet (test)")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the checks")
+
+    monkeypatch.setattr(detector.hub, "download", offline)
+    monkeypatch.setattr(cli, "evaluate", no_work)
+    monkeypatch.setattr(cli, "run_study", no_work)
+    model = asset("weights/mobilefacenet_arcface112.onnx")
+    common = ["--pairs", str(asset("verification/deepface/master.csv")), "--out", str(tmp_path / "out")]
+    for extra in ([], ["--study"]):
+        assert cli.main([*common, "--model", str(model), *extra]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: detector weights not usable"), err
+        assert "mobilenet0.25" in err and "FACEPREP_WEIGHTS" in err and "Traceback" not in err
+    # an explicit weights file that does not exist, and a missing recogniser model
+    assert cli.main([*common, "--model", str(model), "--weights", str(tmp_path / "nope.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.pth" in err, err
+    from tests.shared import MOBILENET_WEIGHTS
+
+    assert cli.main([*common, "--model", str(tmp_path / "nope.onnx"), "--weights", str(asset(MOBILENET_WEIGHTS))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.onnx" in err and "--model" in err, err

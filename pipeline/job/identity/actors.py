@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import AlignConfig
-from pipeline.curation.identity import nearest_face
+from pipeline.curation.identity import identity_face
 from pipeline.job.stages import FaceCropPredictor
-from pipeline.select import select_faces
+from pipeline.select import box_iou
 from pipeline.verification.recognizer import OnnxRecognizerConfig
 from pipeline.writers import identity_of
 
@@ -78,22 +78,12 @@ class FaceEmbedPredictor(FaceCropPredictor):
         })
 
 
-def _iou(a: Sequence[float], b: np.ndarray) -> np.ndarray:
-    """IoU of box ``a`` (x1 y1 x2 y2) with each of ``b`` (``[M, 4]``)."""
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def _match(face: int, box: Sequence[float], candidates: list[list[float]]) -> list[float] | None:
     """The embedding-pass candidate of the crop pass's face ``face`` (same detector, same photo:
     the same index; checked by box IoU, else the best overlap), or ``None``."""
     if not candidates:
         return None
-    ious = _iou(box, np.array([c[3:7] for c in candidates]))
+    ious = box_iou(box, np.array([c[3:7] for c in candidates]))[0]
     for j, c in enumerate(candidates):
         if int(c[0]) == face and ious[j] >= _MATCH_IOU:
             return c
@@ -130,10 +120,7 @@ class IdentityCropPredictor(FaceCropPredictor):
             matched = [_match(f, faces[f]["box"], candidates) for f in selected]
             if self._by_identity and selected:
                 dist = np.array([np.nan if m is None or m[2] is None else m[2] for m in matched])
-                j = nearest_face(dist)
-                if j < 0:  # no known distance: the largest face
-                    boxes = np.array([faces[f]["box"] for f in selected], np.float64)
-                    j = int(select_faces(boxes, np.ones(len(boxes)), image_shape=(1, 1), mode="largest")[0])
+                j = identity_face(dist, np.array([faces[f]["box"] for f in selected], np.float64))
                 array = np.frombuffer(crops, np.uint8).reshape(k, h, w, 3)
                 selected, matched, crops, k = [selected[j]], [matched[j]], array[j:j + 1].tobytes(), 1
             first = matched[0] if matched else None

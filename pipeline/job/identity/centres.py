@@ -16,7 +16,8 @@ from pipeline.writers import identity_of
 __all__ = ["identity_figures", "score_identities"]
 
 
-def identity_figures(embeddings: np.ndarray, sizes: np.ndarray, rule: OutlierRule) -> tuple[int, np.ndarray, dict[str, Any]]:  # noqa: E501
+def identity_figures(embeddings: np.ndarray, sizes: np.ndarray,
+                     rule: OutlierRule) -> tuple[int, np.ndarray, dict[str, Any]]:
     """One identity's centre and distances.
 
     Args:
