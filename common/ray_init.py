@@ -20,10 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["finish_shutdown", "project_runtime_env", "ray_session"]
+__all__ = ["RayConnectError", "finish_shutdown", "project_runtime_env", "ray_session"]
 
 _shutdown: threading.Thread | None = None
 """A Ray shutdown still running in the background (see ``ray_session(background_shutdown=True)``)."""
+
+
+class RayConnectError(ConnectionError):
+    """Ray could not be started or joined (an unreachable or unauthorised ``address``): one line,
+    naming the address, for the command to print."""
 
 
 def finish_shutdown() -> None:
@@ -53,23 +58,52 @@ _KNOWN_NOTICES = ("Set ray log level from environment variable RAY_BACKEND_LOG_L
 @contextlib.contextmanager
 def _without_known_notices() -> Iterator[None]:
     """Route file descriptor 2 to a temporary file for the block, then write back to the real
-    stderr every line except :data:`_KNOWN_NOTICES` (anything unexpected still shows)."""
+    stderr every line except :data:`_KNOWN_NOTICES` (anything unexpected still shows). When the
+    block fails, nothing is written back: the caller reports the failure in one line (Ray's core
+    logs a warning per second while it retries an unreachable cluster)."""
     sys.stderr.flush()
     saved = os.dup(2)
+    failed = False
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
             yield
+        except BaseException:
+            failed = True
+            raise
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+            lines = [] if failed else captured.read().decode("utf-8", "replace").splitlines(keepends=True)
             kept = [line for line in lines if not any(notice in line for notice in _KNOWN_NOTICES)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` or ``ray://host:port`` address must accept a TCP connection within
+    ``timeout_s``: ``ray.init`` retries an address where nothing listens for many minutes."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:  # "auto" and other forms: Ray resolves them
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {target} ({e.strerror or e})") from e
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The error's type and the first line of its message (Ray's carry whole tracebacks)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -109,7 +143,13 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
             warnings.simplefilter("ignore")
         # "local": a new local Ray even when a `ray start` cluster runs on this machine (ray.init()
         # without an address would join that one)
-        ray.init(address=address or "local", **kwargs)
+        try:
+            if address:
+                _check_reachable(address)
+            ray.init(address=address or "local", **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise RayConnectError(f"cannot start or join {where}: {_first_line(e)}") from e
     try:
         if not verbose:
             from ray.data import DataContext

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from common.ray_init import RayConnectError
 from detector.config import get_preset
 from detector.training.config import TrainConfig, available_train_presets, get_train_preset
 from detector.training.ray_job import TrainingJobConfig, run_training_job
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None, *, prog: str = "faceprep train") -> dict
         summary = run_training_job(config)
     except FileNotFoundError as exc:
         raise SystemExit(f"--resume: {exc}") from None
+    except RayConnectError as exc:
+        raise SystemExit(f"{prog}: {exc} (--ray-address)") from None
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from common.fsio import atomic_write_text, remove_temporaries
-from common.ray_init import ray_session
+from common.ray_init import RayConnectError, ray_session
 from detector.hub import CheckpointError
 from detector.probe import worker_env
 from detector.spec import AUTO, DetectorSpec
@@ -303,7 +303,10 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
     if config.recognizer is not None:
         check_recognizer(config.recognizer, crop_shape=config.align.crop_shape)
     with contextlib.ExitStack() as ray_up:
-        ray_up.enter_context(ray_session(config.address, verbose=config.verbose, background_shutdown=True))
+        try:
+            ray_up.enter_context(ray_session(config.address, verbose=config.verbose, background_shutdown=True))
+        except RayConnectError as e:
+            raise JobConfigError(f"{e} (--address, or RAY_ADDRESS)" if config.address else str(e)) from e
         import ray
 
         ray_ready = time.perf_counter()

@@ -34,6 +34,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from common.ray_init import RayConnectError
 from detector.api import PostprocessConfig
 from detector.spec import DetectorSpec, add_detector_arguments, spec_from_args
 from pipeline.config import AlignConfig
@@ -202,9 +203,13 @@ def main(argv: list[str] | None = None, *, prog: str = "faceprep eval-verificati
     except (VerificationSetupError, ProtocolError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.study:
-        return run_study_command(args, protocol, recognizer, study)
-    result = evaluate(protocol, recognizer=recognizer, config=config)
+    try:
+        if args.study:
+            return run_study_command(args, protocol, recognizer, study)
+        result = evaluate(protocol, recognizer=recognizer, config=config)
+    except RayConnectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     paths = write_report(result, args.out)
     print(format_table(result))
     t = result.extraction.throughput

@@ -275,3 +275,22 @@ def test_a_two_node_cluster_shares_the_work_and_losing_a_node_loses_no_photo(tmp
             os.killpg(cluster.pid, signal.SIGKILL)
             cluster.wait(timeout=30)
         print(f"cluster test: {time.monotonic() - t0:.1f} s in all")
+
+
+def test_an_unreachable_cluster_address_is_one_line_and_nothing_written(tmp_path, capfd, mobilenet_weights):
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src, dst = tmp_path / "raw", tmp_path / "aligned"
+    (src / "p").mkdir(parents=True)
+    shutil.copy(asset("images/aligned112_insightface_tom_hanks.png"), src / "p" / "a.png")
+    code = _align_main()(["--src", str(src), "--dst", str(dst), "--weights", str(mobilenet_weights),
+                          "--address", f"127.0.0.1:{port}", "--no-progress"])
+    out, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == EXIT_USAGE, err
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot start or join the Ray cluster at 127.0.0.1:{port}")
+    assert "--address" in lines[0] and "Traceback" not in out + err
+    assert not dst.exists()
