@@ -99,11 +99,20 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
-    """The error's type and the first line of its message (Ray's carry whole tracebacks)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    text = text if len(text) <= limit else text[:limit - 3] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    """The error's type and the first line of its message (Ray's carry whole tracebacks), and the
+    same of its root cause when there is one (e.g. the authentication error under Ray's "Failed to
+    connect")."""
+
+    def one(e: BaseException) -> str:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        text = lines[0] if lines else ""
+        text = text if len(text) <= limit else text[:limit - 3] + "..."
+        return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+    root = error
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    return one(error) if root is error else f"{one(error)} ({one(root)})"
 
 
 @contextlib.contextmanager

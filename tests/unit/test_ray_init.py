@@ -61,3 +61,11 @@ def test_ray_session_turns_a_failing_init_into_one_line(monkeypatch):
                                               r"connect to Ray cluster at h:1$"), ray_session(None):
         pass
     assert _first_line(ValueError("x" * 300)).endswith("...") and len(_first_line(ValueError("x" * 300))) < 220
+    try:
+        try:
+            raise PermissionError("InvalidAuthToken: token missing\nmore")
+        except PermissionError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at h:1") from cause
+    except ConnectionError as e:
+        assert _first_line(e) == ("ConnectionError: Failed to connect to Ray cluster at h:1 "
+                                  "(PermissionError: InvalidAuthToken: token missing)")
