@@ -3,7 +3,8 @@
 
     python benchmarks/bench_widerface_val.py --images WIDER_val/images \\
         --weights ../shared/assets/weights/retinaface_mobilenet0.25_biubug6.pth \\
-        --configs torch-fp32-original,openvino-bf16-original [--every 8] [--time-limit 420]
+        --configs torch-fp32-original,openvino-bf16-original [--every 8] [--time-limit 420] \\
+        [--box-format float,reference-int]
 
 For each configuration (:data:`CONFIGS`) the detector runs end to end (read, resize, network,
 decode, NMS, write) over the images through the evaluation job's own code
@@ -17,6 +18,13 @@ detection time under ``OUT/<subset>/<config>/``; a run detects only the images t
 prediction file yet, so several short runs (``--time-limit`` seconds each, or ``--events`` slices)
 build the table. A configuration is scored once all images of the subset have predictions
 (``--score-partial`` scores what is there). ``--fresh`` starts a configuration again.
+
+Box convention (``--box-format``, comma separated; default ``float``): predictions are always
+saved as detected (``float``, exact), and each requested convention is scored from them.
+``reference-int`` scores the boxes as biubug6's ``test_widerface.py`` writes them (x1, y1, x2, y2
+truncated to integers, :func:`detector.evaluation.predict.reference_int_predictions`; exactly what
+``predict_submission(..., box_format="reference-int")`` writes), the convention of the published
+MobileNet-0.25 figures; table rows scored that way carry ``[reference-int]``.
 
 Subset: ``--every N`` keeps every N-th image of each event (sorted names, the first one included);
 ``full`` is ``--every 1``. Results of different subsets are kept apart (``OUT/every8/...``).
@@ -46,11 +54,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detector.evaluation.predict import iter_image_files, predict_submission, select_images  # noqa: E402
-from detector.evaluation.submission import SETTINGS, load_ground_truth  # noqa: E402
-from detector.evaluation.widerface import evaluate_folder  # noqa: E402
+from detector.evaluation.predict import (  # noqa: E402
+    BOX_FORMATS,
+    iter_image_files,
+    predict_submission,
+    reference_int_predictions,
+    select_images,
+)
+from detector.evaluation.submission import SETTINGS, load_ground_truth, read_submission  # noqa: E402
+from detector.evaluation.widerface import WiderFaceEvaluator  # noqa: E402
 
-__all__ = ["BenchConfig", "CONFIGS", "PUBLISHED", "main"]
+__all__ = ["BenchConfig", "CONFIGS", "PUBLISHED", "main", "record_key", "score_predictions"]
 
 #: published WIDER val AP (%), easy / medium / hard
 PUBLISHED: dict[str, tuple[str, tuple[float, float, float]]] = {
@@ -69,6 +83,8 @@ class BenchConfig:
         runtime, precision, resize: as :class:`detector.spec.DetectorSpec` takes them
             (``"auto"``: the shipped default, resolved on this machine and recorded).
         nms_threshold: NMS IoU (0.4 is biubug6's evaluation; insightface's SCRFD test config uses 0.45).
+        top_k, keep_top_k: candidates kept before NMS and detections after it (``None``: all;
+            biubug6's ``test_widerface.py`` of its published table has both lines commented out).
         tta: flip + the paper's five scales merged by box voting (:mod:`detector.evaluation.tta`).
         published: key of :data:`PUBLISHED` shown beside it.
     """
@@ -78,6 +94,8 @@ class BenchConfig:
     precision: str
     resize: str
     nms_threshold: float = 0.4
+    top_k: int | None = 5000
+    keep_top_k: int | None = 750
     tta: bool = False
     published: str | None = None
     note: str = ""
@@ -86,12 +104,18 @@ class BenchConfig:
 CONFIGS: dict[str, BenchConfig] = {
     "torch-fp32-original": BenchConfig(family="ours", runtime="torch", precision="fp32", resize="original",
                                        published="biubug6", note="the reference path"),
+    "torch-fp32-original-unlimited": BenchConfig(
+        family="ours", runtime="torch", precision="fp32", resize="original", top_k=None, keep_top_k=None,
+        published="biubug6", note="biubug6 test_widerface.py of the published table: no top-k, no keep-top-k"),
     "onnxruntime-fp32-original": BenchConfig(family="ours", runtime="onnxruntime", precision="fp32",
                                              resize="original", published="biubug6"),
     "openvino-fp32-original": BenchConfig(family="ours", runtime="openvino", precision="fp32", resize="original",
                                           published="biubug6"),
     "default-original": BenchConfig(family="ours", runtime="auto", precision="auto", resize="original",
                                     published="biubug6", note="default CPU runtime / precision"),
+    "default-original-unlimited": BenchConfig(
+        family="ours", runtime="auto", precision="auto", resize="original", top_k=None, keep_top_k=None,
+        published="biubug6", note="default CPU runtime / precision, no top-k, no keep-top-k"),
     "torch-fp32-cap640": BenchConfig(family="ours", runtime="torch", precision="fp32", resize="cap:640"),
     "default-cap640": BenchConfig(family="ours", runtime="auto", precision="auto", resize="cap:640",
                                   note="the align job's defaults"),
@@ -101,6 +125,10 @@ CONFIGS: dict[str, BenchConfig] = {
     "default-tta": BenchConfig(family="ours", runtime="auto", precision="auto", resize="original", tta=True,
                                note="flip + short sides 500..1700, box voting"),
 }
+
+
+#: ``top_k`` / ``keep_top_k`` standing for "all": more than the anchors of any WIDER val image
+_UNLIMITED = 1_000_000
 
 
 def _spec(cfg: BenchConfig, args: argparse.Namespace):
@@ -118,7 +146,9 @@ def _spec(cfg: BenchConfig, args: argparse.Namespace):
                                  keep_top_k=100_000)
     else:
         weights = args.weights
-        post = PostprocessConfig(conf_threshold=0.02, nms_threshold=cfg.nms_threshold)
+        post = PostprocessConfig(conf_threshold=0.02, nms_threshold=cfg.nms_threshold,
+                                 top_k=_UNLIMITED if cfg.top_k is None else cfg.top_k,
+                                 keep_top_k=_UNLIMITED if cfg.keep_top_k is None else cfg.keep_top_k)
     return DetectorSpec(weights=None if weights is None else str(weights), runtime=cfg.runtime,
                         precision=cfg.precision, threads=args.threads, resize=cfg.resize,
                         postprocess=post).resolved()
@@ -146,10 +176,32 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def result_path(root: Path, box_format: str) -> Path:
+    """Where a configuration's record scored in ``box_format`` is kept."""
+    return root / ("result.json" if box_format == "float" else f"result-{box_format}.json")
+
+
+def record_key(name: str, box_format: str) -> str:
+    """The table's key (and row label) of configuration ``name`` scored in ``box_format``."""
+    return name if box_format == "float" else f"{name} [{box_format}]"
+
+
+def score_predictions(pred_dir: Path, gt: Any, box_format: str) -> Any:
+    """The evaluator's result on the float submission ``pred_dir``, its lines taken as they are
+    (``"float"``) or as the reference writes them (``"reference-int"``)."""
+    predictions = read_submission(pred_dir, progress=False)
+    if box_format == "reference-int":
+        predictions = {k: reference_int_predictions(v) for k, v in predictions.items()}
+    evaluator = WiderFaceEvaluator(ground_truth=gt)
+    evaluator.process_submission(predictions)
+    return evaluator.compute()
+
+
 def run_config(name: str, args: argparse.Namespace, subset: list[str], todo_filter: set[str] | None,
-               gt: Any, deadline: float) -> dict[str, Any] | None:
+               gt: Any, deadline: float) -> list[dict[str, Any]] | None:
     """Detect the missing images of ``subset`` (those in ``todo_filter`` if given) until
-    ``deadline``; score once complete. Returns the result record, or ``None`` while incomplete."""
+    ``deadline``; once complete, score them in each of ``args.box_formats``. Returns the result
+    records, or ``None`` while incomplete."""
     from detector.evaluation.job import DetectorRunConfig, detect_function
 
     cfg = CONFIGS[name]
@@ -197,23 +249,34 @@ def run_config(name: str, args: argparse.Namespace, subset: list[str], todo_filt
     if missing and not args.score_partial:
         print(f"[{name}] {missing} of {len(subset)} images still to detect: run again to continue")
         return None
-    result = evaluate_folder(pred_dir, ground_truth=gt, progress=False)
-    record: dict[str, Any] = {
-        "config": name, **asdict(cfg), "identity": ident,
-        "ap": {s: float(result[s]) for s in SETTINGS}, "evaluation": result.to_dict(),
-        "images": result.images_evaluated, "complete_subset": missing == 0,
-        "detect_seconds": round(state["detect_seconds"], 3),
-        "images_per_second": state["detected"] / state["detect_seconds"] if state["detect_seconds"] else None,
-        "runs": state["runs"],
-    }
-    _write_json(root / "result.json", record)
-    return record
+    records = []
+    for box_format in args.box_formats:
+        print(f"[{name}] scoring with boxes {box_format}: {_FORMAT_NOTE[box_format]}", flush=True)
+        result = score_predictions(pred_dir, gt, box_format)
+        record: dict[str, Any] = {
+            "config": name, **asdict(cfg), "identity": ident, "box_format": box_format,
+            "ap": {s: float(result[s]) for s in SETTINGS}, "evaluation": result.to_dict(),
+            "images": result.images_evaluated, "complete_subset": missing == 0,
+            "detect_seconds": round(state["detect_seconds"], 3),
+            "images_per_second": state["detected"] / state["detect_seconds"] if state["detect_seconds"] else None,
+            "runs": state["runs"],
+        }
+        _write_json(result_path(root, box_format), record)
+        records.append(record)
+    return records
+
+
+_FORMAT_NOTE = {
+    "float": "x y w h as detected (exact)",
+    "reference-int": "biubug6 test_widerface.py: x, y = int(x1), int(y1); w, h = int(x2) - int(x1), "
+                     "int(y2) - int(y1); score str(float32)",
+}
 
 
 def format_table(records: dict[str, dict[str, Any]], *, full: bool = True) -> str:
     """The table: AP in %, images/s, and (``full``: the whole validation set) the published figures
     and the difference to them; AP over a subset is not comparable with them."""
-    lines = [f"{'configuration':28s} {'runtime/precision':22s} {'resize':9s} {'images':>6s} "
+    lines = [f"{'configuration':46s} {'runtime/precision':22s} {'resize':9s} {'images':>6s} "
              f"{'easy':>6s} {'medium':>6s} {'hard':>6s} {'img/s':>6s}  published (easy/medium/hard; diff)"]
     for name, r in records.items():
         ident = r["identity"]
@@ -224,13 +287,13 @@ def format_table(records: dict[str, dict[str, Any]], *, full: bool = True) -> st
             label, ref = PUBLISHED[r["published"]]
             pub = (f"{ref[0]:.2f}/{ref[1]:.2f}/{ref[2]:.2f} {label}; "
                    + "/".join(f"{a - p:+.2f}" for a, p in zip(ap, ref)))
-        lines.append(f"{name:28s} {ident['runtime'] + ' ' + ident['precision']:22s} {ident['resize']:9s} "
+        lines.append(f"{name:46s} {ident['runtime'] + ' ' + ident['precision']:22s} {ident['resize']:9s} "
                      f"{r['images']:6d} {ap[0]:6.2f} {ap[1]:6.2f} {ap[2]:6.2f} "
                      f"{(f'{ips:6.2f}' if ips else '     -')}  {pub}")
     label, ref = PUBLISHED["yunet"]
     if not full:
         return "\n".join(lines + ["(a subset: the published full-set figures are not comparable)"])
-    lines.append(f"{'(YuNet, not run)':28s} {'':22s} {'':9s} {'':6s} {ref[0]:6.2f} {ref[1]:6.2f} {ref[2]:6.2f} "
+    lines.append(f"{'(YuNet, not run)':46s} {'':22s} {'':9s} {'':6s} {ref[0]:6.2f} {ref[1]:6.2f} {ref[2]:6.2f} "
                  f"{'':6s}  {label}")
     return "\n".join(lines)
 
@@ -247,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="our RetinaFace weights (default: mobilenet0.25, found as every command finds it)")
     p.add_argument("--scrfd-weights", type=Path, metavar="FILE",
                    help="SCRFD-500M ONNX (default ../shared/assets/weights/peers/scrfd_500m_bnkps.onnx)")
+    p.add_argument("--box-format", default="float", metavar="FORMATS",
+                   help=f"comma-separated conventions to score the predictions in, from {', '.join(BOX_FORMATS)} "
+                        "(default %(default)s; reference-int: as biubug6's test_widerface.py writes them)")
     p.add_argument("--every", type=int, default=1, help="every N-th image of each event (default: all)")
     p.add_argument("--events", help="this run detects only these events (names or numbers, comma separated)")
     p.add_argument("--time-limit", type=float, metavar="S",
@@ -268,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown or not names:
         raise SystemExit(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    args.box_formats = [f.strip() for f in args.box_format.split(",") if f.strip()]
+    if not args.box_formats or set(args.box_formats) - set(BOX_FORMATS):
+        raise SystemExit(f"--box-format {args.box_format!r}: choose from {', '.join(BOX_FORMATS)}")
     if args.gt is None:
         from tests.shared import asset
 
@@ -289,9 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     # the table holds every configuration of this subset that has a result, run now or before
     records = {}
     for name in CONFIGS:
-        rec = _load_json(args.out / args.subset_tag / name / "result.json")
-        if rec is not None:
-            records[name] = rec
+        for box_format in BOX_FORMATS:
+            rec = _load_json(result_path(args.out / args.subset_tag / name, box_format))
+            if rec is not None:
+                records[record_key(name, box_format)] = rec
     print(format_table(records, full=args.subset_tag == "full" and len(subset) == gt.num_images))
     table = {"subset": args.subset_tag, "every": args.every, "images": len(subset), "images_dir": str(args.images),
              "published": {k: {"label": v[0], "easy": v[1][0], "medium": v[1][1], "hard": v[1][2]}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from detector.api import PostprocessConfig
 from detector.evaluation.job import DetectorRunConfig, EvalJobConfig, run_widerface_eval
+from detector.evaluation.predict import BOX_FORMATS
 from detector.hub import CheckpointError
 from detector.spec import add_detector_arguments, spec_from_args
 
@@ -60,6 +61,10 @@ def build_parser(prog: str = "faceprep eval-widerface") -> argparse.ArgumentPars
                      help="images per forward pass; only same-size images are batched (default: %(default)s)")
     det.add_argument("--conf-threshold", type=float, default=0.02, help="default: %(default)s")
     det.add_argument("--nms-threshold", type=float, default=0.4, help="default: %(default)s")
+    det.add_argument("--box-format", choices=BOX_FORMATS, default="float",
+                     help="prediction boxes as detected ('float', default) or as biubug6's test_widerface.py "
+                          "writes them ('reference-int': x, y, x2, y2 truncated to integers), to compare with "
+                          "its published table")
     det.add_argument("--tta", action="store_true",
                      help="flip + multi-scale test-time augmentation merged by box voting at IoU 0.4 "
                           "(replaces --detect-resize)")
@@ -84,7 +89,7 @@ def config_from_args(argv: list[str] | None = None, *, prog: str = "faceprep eva
         postprocess = PostprocessConfig(conf_threshold=a.conf_threshold, nms_threshold=a.nms_threshold)
         run = DetectorRunConfig(
             images_dir=a.images, detector=spec_from_args(a, postprocess=postprocess), batch_size=a.batch_size,
-            tta=a.tta, tta_scales=scales, tta_max_size=a.tta_max_size)
+            tta=a.tta, tta_scales=scales, tta_max_size=a.tta_max_size, box_format=a.box_format)
     return EvalJobConfig(gt_dir=a.gt, out_dir=a.out, pred_dir=a.pred, run=run,
                          json_path=a.json, plot=a.plot, require_all=a.require_all,
                          iou_threshold=a.iou, progress=not a.quiet)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from detector.evaluation.predict import SubmissionBoxFormat, check_box_format
 from detector.evaluation.widerface import (
     WiderFaceEvalConfig,
     WiderFaceResult,
@@ -63,6 +64,9 @@ class DetectorRunConfig:
         batch_size: images per forward pass (only same-size images share one).
         tta: flip + multi-scale test-time augmentation (replaces ``resize``), at ``tta_scales``
             short sides, the long side capped at ``tta_max_size`` if given.
+        box_format: how the prediction files write boxes: ``"float"`` (exact) or
+            ``"reference-int"`` (biubug6's ``test_widerface.py``: truncated integer ``x y w h``;
+            see :mod:`detector.evaluation.predict`).
     """
 
     images_dir: Path
@@ -71,6 +75,10 @@ class DetectorRunConfig:
     tta: bool = False
     tta_scales: tuple[int, ...] = (500, 800, 1100, 1400, 1700)
     tta_max_size: int | None = None
+    box_format: SubmissionBoxFormat = "float"
+
+    def __post_init__(self) -> None:
+        check_box_format(self.box_format)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +134,7 @@ def predict(detector: SupportsDetect, run: DetectorRunConfig, pred_dir: Path, *,
     """Detect faces in ``run.images_dir`` with ``detector`` and write a submission folder to
     ``pred_dir``; returns the image count."""
     return len(predict_submission(run.images_dir, pred_dir, detect_function(detector, run),
-                                  batch_size=run.batch_size, progress=progress))
+                                  batch_size=run.batch_size, progress=progress, box_format=run.box_format))
 
 
 def run_widerface_eval(config: EvalJobConfig, *, detector: SupportsDetect | None = None,
@@ -140,7 +148,7 @@ def run_widerface_eval(config: EvalJobConfig, *, detector: SupportsDetect | None
         pred_dir = config.out_dir / "predictions"
         built = detector if detector is not None else _build_detector(config.run)
         n = predict(built, config.run, pred_dir, progress=config.progress)
-        echo(f"wrote predictions for {n} images to {pred_dir}")
+        echo(f"wrote predictions for {n} images to {pred_dir} (boxes: {config.run.box_format})")
     assert pred_dir is not None
     result = evaluate_folder(pred_dir, ground_truth=gt, config=WiderFaceEvalConfig(iou_threshold=config.iou_threshold),
                              require_all=config.require_all, progress=config.progress)

@@ -1,19 +1,42 @@
-"""Running a detector over WIDER FACE validation images and writing a submission folder."""
+"""Running a detector over WIDER FACE validation images and writing a submission folder.
+
+Box conventions of the written ``x y w h score`` lines (``box_format``, :data:`BOX_FORMATS`):
+
+* ``"float"`` (the default): the detector's boxes unchanged (:func:`xyxy_to_xywh`), scores exact.
+* ``"reference-int"``: what biubug6's ``test_widerface.py`` writes, the script behind its published
+  WIDER val table: ``x = int(x1)``, ``y = int(y1)``, ``w = int(x2) - int(x1)``,
+  ``h = int(y2) - int(y1)`` (Python's ``int``: truncation toward zero), and the score as
+  ``str()`` of its float32 value (:func:`reference_int_xywh`, :func:`reference_scores`). The
+  truncation moves boxes by up to a pixel, which moves AP by about 0.1 point; use it to compare
+  with that table.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from tqdm import tqdm
 
 from detector.evaluation.submission import _IMAGE_EXTENSIONS, _strip_image_extension, _to_numpy, write_prediction_file
 
-__all__ = ["iter_detections", "iter_image_files", "predict_submission", "select_images", "write_detections",
-           "xyxy_to_xywh"]
+__all__ = ["BOX_FORMATS", "SubmissionBoxFormat", "check_box_format", "iter_detections", "iter_image_files",
+           "predict_submission", "reference_int_predictions", "reference_int_xywh", "reference_scores",
+           "select_images", "write_detections", "xyxy_to_xywh"]
+
+#: how the ``x y w h score`` lines of a submission are written (see the module docstring)
+SubmissionBoxFormat = Literal["float", "reference-int"]
+BOX_FORMATS: tuple[str, ...] = get_args(SubmissionBoxFormat)
+
+
+def check_box_format(box_format: str) -> str:
+    """``box_format`` if it is one of :data:`BOX_FORMATS`, else ``ValueError``."""
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"box_format must be one of {', '.join(BOX_FORMATS)}, got {box_format!r}")
+    return box_format
 
 
 def xyxy_to_xywh(boxes_xyxy: Any) -> np.ndarray:
@@ -24,16 +47,51 @@ def xyxy_to_xywh(boxes_xyxy: Any) -> np.ndarray:
     return np.concatenate([b[:, :2], np.maximum(b[:, 2:] - b[:, :2], 0.0)], axis=1)
 
 
-def write_detections(out_dir: str | os.PathLike[str], image_key: str, boxes_xyxy: Any, scores: Any) -> Path:
+def reference_int_xywh(boxes_xyxy: Any) -> np.ndarray:
+    """``float64 [N, 4]`` integral ``x y w h`` of ``[N, 4]`` x1 y1 x2 y2 boxes (array or tensor) as
+    biubug6's ``test_widerface.py`` writes them: ``x = int(x1)``, ``y = int(y1)``,
+    ``w = int(x2) - int(x1)``, ``h = int(y2) - int(y1)``, where Python's ``int`` truncates toward
+    zero (``int(-0.7) == 0``, ``int(-1.5) == -1``, ``int(2.9) == 2``). A degenerate box
+    (``x2 < x1``, never from RetinaFace's decode) gets size 0, as in :func:`xyxy_to_xywh`."""
+    t = np.trunc(_to_numpy(boxes_xyxy).reshape(-1, 4))
+    return np.concatenate([t[:, :2], np.maximum(t[:, 2:] - t[:, :2], 0.0)], axis=1)
+
+
+def reference_scores(scores: Any) -> np.ndarray:
+    """``float64 [N]``: each score as the reference writes and the evaluator reads it back,
+    ``float(str(numpy.float32(score)))`` (the shortest decimal of its float32 value)."""
+    s = _to_numpy(scores).reshape(-1).astype(np.float32)
+    return np.array([float(str(v)) for v in s], dtype=np.float64)
+
+
+def reference_int_predictions(values: Any) -> np.ndarray:
+    """A ``"float"`` submission's ``[N, 5]`` (x, y, w, h, score) in the ``"reference-int"``
+    convention, so that one detection run scores both ways.
+
+    Exact when the float lines hold float32 boxes (every runtime's) written by :func:`write_detections`:
+    ``w = x2 - x1`` of two float32 values is exact in float64, so ``x + w`` is ``x2`` again.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1, 5)
+    xyxy = np.concatenate([v[:, :2], v[:, :2] + v[:, 2:4]], axis=1)
+    return np.concatenate([reference_int_xywh(xyxy), reference_scores(v[:, 4])[:, None]], axis=1)
+
+
+def write_detections(out_dir: str | os.PathLike[str], image_key: str, boxes_xyxy: Any, scores: Any, *,
+                     box_format: SubmissionBoxFormat = "float") -> Path:
     """Write one image's detections (``[N, 4]`` x1 y1 x2 y2, ``[N]``; arrays or tensors) as
-    ``<out_dir>/<event>/<name>.txt`` with ``x y w h`` from :func:`xyxy_to_xywh`."""
+    ``<out_dir>/<event>/<name>.txt``: ``x y w h`` from :func:`xyxy_to_xywh` (``"float"``) or
+    :func:`reference_int_xywh` with :func:`reference_scores` (``"reference-int"``)."""
     event, sep, name = image_key.replace("\\", "/").rpartition("/")
     if not sep or not event:
         raise ValueError(f"image keys must be '<event>/<image>', got {image_key!r}")
-    s = _to_numpy(scores).reshape(-1, 1)
-    values = np.concatenate([xyxy_to_xywh(boxes_xyxy), s], axis=1)
+    reference = check_box_format(box_format) == "reference-int"
+    if reference:
+        xywh, s = reference_int_xywh(boxes_xyxy), reference_scores(scores)
+    else:
+        xywh, s = xyxy_to_xywh(boxes_xyxy), _to_numpy(scores).reshape(-1)
+    values = np.concatenate([xywh, s[:, None]], axis=1)
     name = _strip_image_extension(name)
-    return write_prediction_file(Path(out_dir) / event / f"{name}.txt", name, values)
+    return write_prediction_file(Path(out_dir) / event / f"{name}.txt", name, values, int_boxes=reference)
 
 
 def iter_detections(images_dir: str | os.PathLike[str], detect: Callable[[list[np.ndarray]], Sequence[Any]], *,
@@ -89,16 +147,19 @@ def iter_detections(images_dir: str | os.PathLike[str], detect: Callable[[list[n
 
 def predict_submission(images_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                        detect: Callable[[list[np.ndarray]], Sequence[Any]], *, batch_size: int = 8,
-                       progress: bool = True, keys: Collection[str] | None = None) -> list[str]:
+                       progress: bool = True, keys: Collection[str] | None = None,
+                       box_format: SubmissionBoxFormat = "float") -> list[str]:
     """Run ``detect`` over ``<images_dir>/<event>/<image>`` (:func:`iter_detections`) and write a
-    submission folder ``<out_dir>/<event>/<name>.txt``.
+    submission folder ``<out_dir>/<event>/<name>.txt`` in the ``box_format`` convention (see the
+    module docstring; ``"reference-int"`` to compare with biubug6's published table).
 
     Returns:
         The ``"<event>/<name>"`` keys written, in processing order.
     """
+    check_box_format(box_format)
     written: list[str] = []
     for key, det in iter_detections(images_dir, detect, batch_size=batch_size, progress=progress, keys=keys):
-        write_detections(out_dir, key, det.boxes, det.scores)
+        write_detections(out_dir, key, det.boxes, det.scores, box_format=box_format)
         written.append(key)
     return written
 

@@ -280,25 +280,32 @@ def read_submission(pred_dir: str | os.PathLike[str], *, progress: bool = True) 
     return out
 
 
-def _format_rows(values: np.ndarray) -> str:
+def _format_rows(values: np.ndarray, *, int_boxes: bool = False) -> str:
+    if int_boxes:
+        return "".join(f"{int(x)} {int(y)} {int(w)} {int(h)} {s!r}\n" for x, y, w, h, s in values.tolist())
     return "".join(" ".join(map(repr, row)) + "\n" for row in values.tolist())
 
 
-def write_prediction_file(path: str | os.PathLike[str], image_name: str, predictions: np.ndarray) -> Path:
+def write_prediction_file(path: str | os.PathLike[str], image_name: str, predictions: np.ndarray, *,
+                          int_boxes: bool = False) -> Path:
     """Write one prediction file; values are written with ``repr`` so that reading them back is exact.
 
     Args:
         path: the ``.txt`` file to write (parent folders are created).
         image_name: the image name for the first line (written without extension).
         predictions: ``[N, 5]`` (x, y, w, h, score).
+        int_boxes: write ``x y w h`` as integers (``12`` rather than ``12.0``, as biubug6's
+            ``test_widerface.py`` does); they must be integral already.
     """
     path = Path(path)
     values = np.asarray(predictions, dtype=np.float64).reshape(-1, 5)
     _check_values(values, lambda r, msg: ValueError(f"{image_name}: row {r}: {msg}"))
+    if int_boxes and not np.array_equal(values[:, :4], np.trunc(values[:, :4])):
+        raise ValueError(f"{image_name}: int_boxes needs integral x y w h")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"{_strip_image_extension(image_name)}\n{len(values)}\n")
-        f.write(_format_rows(values))
+        f.write(_format_rows(values, int_boxes=int_boxes))
     return path
 
 

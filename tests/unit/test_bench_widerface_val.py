@@ -83,3 +83,39 @@ def test_degenerate_boxes_are_written_with_size_zero(tmp_path: Path):
     assert xyxy_to_xywh(boxes).tolist() == [[10.0, 20.0, 20.0, 40.0], [5.0, 5.0, 0.0, 4.0]]
     path = write_detections(tmp_path, "0--Parade/x", boxes, [0.9, 0.1])
     assert read_prediction_file(path)[1].tolist() == [[10.0, 20.0, 20.0, 40.0, 0.9], [5.0, 5.0, 0.0, 4.0, 0.1]]
+
+
+def test_reference_int_convention_scores_what_the_reference_writer_writes(tmp_path: Path, capsys):
+    """--box-format float,reference-int scores one run both ways; the reference-int AP is the
+    evaluator's on the folder predict_submission(box_format="reference-int") writes."""
+    from detector.evaluation.job import DetectorRunConfig, detect_function
+    from detector.evaluation.predict import predict_submission
+    from detector.spec import DetectorSpec
+
+    table = run(tmp_path, "--configs", "torch-fp32-original", "--box-format", "float,reference-int")
+    out = capsys.readouterr().out
+    assert "scoring with boxes float" in out and "scoring with boxes reference-int: biubug6 test_widerface.py" in out
+    assert "torch-fp32-original [reference-int]" in out
+    records = table["configs"]
+    assert set(records) == {"torch-fp32-original", "torch-fp32-original [reference-int]"}
+    ref = records["torch-fp32-original [reference-int]"]
+    assert ref["box_format"] == "reference-int" and records["torch-fp32-original"]["box_format"] == "float"
+    assert ref["identity"] == records["torch-fp32-original"]["identity"] and len(ref["runs"]) == 1
+
+    gt = load_ground_truth(asset("widerface/ground_truth"))
+    spec = DetectorSpec(weights=str(asset(MOBILENET_WEIGHTS)), runtime="torch", precision="fp32", resize="original")
+    detect = detect_function(spec.build(), DetectorRunConfig(images_dir=asset(IMAGES), detector=spec))
+    direct = tmp_path / "direct"
+    predict_submission(asset(IMAGES), direct, detect, progress=False, box_format="reference-int")
+    lines = (direct / f"{KEYS[0]}.txt").read_text().splitlines()
+    assert all(t.lstrip("-").isdigit() for t in lines[2].split()[:4])  # "x y w h" integers, as the reference
+    expected = evaluate_folder(direct, ground_truth=gt, progress=False)
+    for setting in SETTINGS:
+        assert ref["ap"][setting] == expected[setting]
+    # truncation moves boxes by up to a pixel: on these four images (float: 56.70 / 68.80 / 79.82)
+    # the hard set's small faces gain 1.5 points
+    assert [round(100 * records["torch-fp32-original"]["ap"][s], 2) for s in SETTINGS] == pytest.approx(
+        [56.70, 68.80, 79.82], abs=0.05)
+    assert [round(100 * ref["ap"][s], 2) for s in SETTINGS] == pytest.approx([56.88, 68.90, 81.28], abs=0.05)
+    with pytest.raises(SystemExit, match="--box-format"):
+        run(tmp_path, "--configs", "torch-fp32-original", "--box-format", "int")

@@ -300,3 +300,49 @@ def test_images_mode_finds_weights_as_every_command(monkeypatch, tmp_path):
     (cache / weights.name).symlink_to(weights)
     monkeypatch.setenv(CACHE_ENV, str(cache))
     assert Path(config_from_args(["--gt", "x", "--images", "y"]).run.detector.check().weights) == cache / weights.name
+
+
+def test_reference_int_boxes_truncate_toward_zero_as_python_int(tmp_path):
+    """biubug6's test_widerface.py: x = int(x1), y = int(y1), w = int(x2) - int(x1), h = int(y2) - int(y1)."""
+    from detector.evaluation.predict import (
+        reference_int_predictions,
+        reference_int_xywh,
+        reference_scores,
+        write_detections,
+        xyxy_to_xywh,
+    )
+    from detector.evaluation.submission import read_prediction_file
+
+    boxes = np.array([[10.7, 20.2, 30.9, 60.5],
+                      [-0.7, -1.5, 5.2, 3.9],     # int(-0.7) == 0, int(-1.5) == -1 (not floor's -1, -2)
+                      [-2.5, -0.2, -1.1, 0.0]], dtype=np.float32)
+    # by hand: [10, 20, 30-10, 60-20], [0, -1, 5-0, 3-(-1)], [-2, 0, -1-(-2), 0-0]
+    expected = [[10, 20, 20, 40], [0, -1, 5, 4], [-2, 0, 1, 0]]
+    assert reference_int_xywh(boxes).tolist() == expected
+    assert [[int(x1), int(y1), int(x2) - int(x1), int(y2) - int(y1)] for x1, y1, x2, y2 in boxes.tolist()] == expected
+    assert reference_int_xywh(np.array([[5.0, 5.0, 4.5, 9.0]])).tolist() == [[5, 5, 0, 4]]  # degenerate: size 0
+    scores = np.array([0.9, 0.123456789, 0.02000001], dtype=np.float32)
+    assert reference_scores(scores).tolist() == [0.9, 0.12345679, 0.02000001]  # str(np.float32(.))
+
+    path = write_detections(tmp_path, "0--Parade/x.jpg", boxes, scores, box_format="reference-int")
+    assert path.read_text() == "x\n3\n10 20 20 40 0.9\n0 -1 5 4 0.12345679\n-2 0 1 0 0.02000001\n"
+    assert read_prediction_file(path)[1][:, :4].tolist() == expected
+    # a float submission converts to the same lines (one detection run scores both ways)
+    float_values = np.concatenate([xyxy_to_xywh(boxes), scores[:, None].astype(np.float64)], axis=1)
+    assert reference_int_predictions(float_values).tolist() == read_prediction_file(path)[1].tolist()
+    with pytest.raises(ValueError, match="box_format must be one of float, reference-int"):
+        write_detections(tmp_path, "0--Parade/x", boxes, scores, box_format="int")  # type: ignore[arg-type]
+
+
+def test_job_takes_the_box_format():
+    from detector.evaluation.job import DetectorRunConfig
+    from detector.spec import DetectorSpec
+    from jobs.eval_widerface import config_from_args
+
+    assert config_from_args(["--gt", "x", "--images", "y"]).run.box_format == "float"
+    assert config_from_args(["--gt", "x", "--images", "y", "--box-format", "reference-int"]).run.box_format \
+        == "reference-int"
+    with pytest.raises(SystemExit):
+        config_from_args(["--gt", "x", "--images", "y", "--box-format", "int"])
+    with pytest.raises(ValueError, match="box_format"):
+        DetectorRunConfig(images_dir=Path("y"), detector=DetectorSpec(), box_format="int")  # type: ignore[arg-type]
