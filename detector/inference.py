@@ -19,13 +19,13 @@ from torch import Tensor
 from .anchors import AnchorGenerator
 from .api import Detections, InputImageError, PostprocessConfig, as_bgr_uint8, check_image_list
 from .box_coder import BoxCoder
-from .boxes import chunked_padded_nms
+from .boxes import batched_box_iou, chunked_padded_nms
 from .config import ModelConfig, ResizePolicy
 from .model import RetinaFace, RetinaFaceOutput, fuse_conv_bn
 from .weights import load_model
 
 __all__ = ["ResizePolicy", "PostprocessConfig", "Detections", "Detector", "InputImageError",
-           "RetinaFaceInput", "RetinaFacePostprocess"]
+           "RetinaFaceInput", "RetinaFacePostprocess", "vote_torch"]
 
 
 class _PaddingMask:
@@ -233,6 +233,12 @@ class RetinaFacePostprocess:
         keep &= keep.cumsum(dim=1) <= cfg.keep_top_k
         ldeltas = torch.gather(output.landmark_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 10))
         landmarks = self.coder.decode_landmarks(ldeltas, anchors) * inv[..., None]
+        if cfg.vote_iou is not None:  # the survivors' boxes and landmarks become their neighbours' vote
+            boxes, landmarks = boxes.clone(), landmarks.clone()
+            for b in range(batch_size):
+                boxes[b, keep[b]], landmarks[b, keep[b]] = vote_torch(
+                    boxes[b][valid[b]], top_scores[b][valid[b]], landmarks[b][valid[b]], keep[b][valid[b]],
+                    cfg.vote_iou, plus_one=cfg.nms_plus_one)
         if to_host:  # [B, K, 4 + 1 + 10 + 1]: one copy, then the per-image selections on the host
             packed = torch.cat([boxes, top_scores[..., None], landmarks.reshape(batch_size, k, 10),
                                 keep[..., None].to(boxes.dtype)], dim=2).cpu()
@@ -240,6 +246,23 @@ class RetinaFacePostprocess:
             return [Detections(p[:, :4], p[:, 4], p[:, 5:15].reshape(-1, 5, 2)) for p in picked]
         return [Detections(boxes[b][keep[b]], top_scores[b][keep[b]], landmarks[b][keep[b]])
                 for b in range(batch_size)]
+
+
+def vote_torch(boxes: Tensor, scores: Tensor, landmarks: Tensor, kept: Tensor, iou_threshold: float, *,
+               plus_one: bool = False) -> tuple[Tensor, Tensor]:
+    """The torch twin of :func:`detector.postprocess.vote` (same float32 IoU operations, float64
+    weighted mean): ``boxes [K, 4]``, ``scores [K]``, ``landmarks [K, 5, 2]`` of one image's valid
+    candidates, ``kept`` ``BoolTensor[K]`` NMS's survivors -> voted ``[M, 4]`` boxes and
+    ``[M, 5, 2]`` landmarks (float32) of the survivors, in candidate order."""
+    idx = torch.nonzero(kept).flatten()
+    iou = batched_box_iou(boxes[idx], boxes, plus_one=plus_one)  # [M, K]
+    member = iou >= torch.tensor(iou_threshold, dtype=torch.float32, device=iou.device)
+    member[torch.arange(idx.numel(), device=idx.device), idx] = True
+    weights = torch.where(member, scores.double()[None], torch.zeros((), dtype=torch.float64, device=iou.device))
+    total = weights.sum(dim=1, keepdim=True)
+    vb = (weights @ boxes.double()) / total
+    vl = (weights @ landmarks.double().reshape(-1, 10)) / total
+    return vb.float(), vl.reshape(-1, 5, 2).float()
 
 
 class Detector:
@@ -318,11 +341,11 @@ class Detector:
     def detect(self, images: Sequence[np.ndarray] | Tensor, *,
                resize: ResizePolicy | str | int | None = None, conf_threshold: float | None = None,
                nms_threshold: float | None = None, top_k: int | None = None,
-               keep_top_k: int | None = None) -> list[Detections]:
+               keep_top_k: int | None = None, vote_iou: float | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per input image (tensors on the model's device, or
         on the CPU for a list of images with ``group_shapes``)."""
         cfg = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                               top_k=top_k, keep_top_k=keep_top_k)
+                                               top_k=top_k, keep_top_k=keep_top_k, vote_iou=vote_iou)
         if self.group_shapes and not isinstance(images, Tensor):
             policy = self.resize if resize is None else ResizePolicy.parse(resize)
             results: list[Detections | None] = [None] * len(images)
