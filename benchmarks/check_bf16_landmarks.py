@@ -3,6 +3,8 @@
 
     python benchmarks/check_bf16_landmarks.py [--sets deepface,lfw,wider] [--sizes cap:640,long:640,original] \\
         [--wider-images DIR] [--out runs/check_bf16_landmarks]
+    python benchmarks/check_bf16_landmarks.py --aligner [--votes 0.6] --lfw-every 14 --wider-every 16 \\
+        --wider-images WIDER_val/images --out runs/check_bf16_aligner
 
 The reference is the torch fp32 detector (the biubug6 MobileNet-0.25 checkpoint). Every face it finds
 with score >= 0.8 is matched to the bf16 detection of highest IoU (>= 0.5; else it counts as missed);
@@ -20,6 +22,15 @@ FACE val, every ``--wider-every``-th image of each event; ``--wider-images``). S
 resize policies; an image that one policy leaves at the same size as an earlier one is not counted
 twice. Prints median / p95 / p99 / max per set for faces >= 64 px wide (the acceptance bound of issue 23:
 p99 <= 0.75 %, max <= 1.5 %) and for all faces, and writes JSON.
+
+``--aligner`` (the job's detection sizes): instead of fixed sizes, every photo goes through
+:class:`pipeline.stage.FaceAligner` with the default :class:`~pipeline.config.AlignConfig` (coarse
+``cap:640``, refinement, retry), once on torch fp32 and once on the default OpenVINO bf16, without
+voting and with ``vote_iou`` at each of ``--votes``; the final landmarks of the same faces are compared
+(deepface / LFW: the selected central face; WIDER: ``select="all"``). Rows ``bf16[+vT] vs fp32[+vT]``
+are the acceptance comparison; rows ``... vs full`` compare each run with torch fp32 detecting the whole
+photo at its original size (no voting, no refinement). ``--speed`` then times ``detect`` at 640x480 with
+voting off and on. docs/widerface.md, "The bf16 landmark tail", has the figures.
 """
 
 from __future__ import annotations

@@ -128,3 +128,24 @@ def test_detect_takes_vote_per_call(onnx_retinaface, detector):
         assert np.abs(on.landmarks - off.landmarks).max() > 0
         moved = np.linalg.norm(on.landmarks - off.landmarks, axis=2).mean(axis=1) / (off.boxes[:, 2] - off.boxes[:, 0])
         assert np.median(moved) < 0.02  # a vote among neighbours: a small move of the typical face
+
+
+def test_bf16_landmark_check_through_the_aligner(detector, mobilenet_weights):
+    """``benchmarks/check_bf16_landmarks.py --aligner`` on two deepface photos: every comparison row is
+    there, the same faces are found, and a run compared with itself has no drift."""
+    pytest.importorskip("openvino")
+    from benchmarks.check_bf16_landmarks import measure_aligner
+    from detector.export import onnx_for_weights
+    from detector.spec import DetectorSpec
+    from tests.shared import asset
+
+    paths = sorted(asset("verification/deepface").glob("img1*.jpg"))[:2]
+    bf16 = DetectorSpec(weights=str(onnx_for_weights(mobilenet_weights)), runtime="openvino", precision="bf16").build()
+    out = measure_aligner(paths, "deepface", [0.6], detector, bf16)
+    assert set(out) == {"bf16 vs fp32", "bf16+v0.6 vs fp32+v0.6", "fp32 vs full", "bf16 vs full",
+                        "fp32+v0.6 vs full", "bf16+v0.6 vs full"}
+    row = out["bf16+v0.6 vs fp32+v0.6"]
+    assert len(row["errors"]) == 2 and row["missed"] == 0
+    assert max(row["errors"]) < 1.0  # % of the box width
+    same = measure_aligner(paths, "deepface", [], detector, detector)["bf16 vs fp32"]
+    assert same["errors"] == [0.0, 0.0]
