@@ -234,11 +234,8 @@ class RetinaFacePostprocess:
         ldeltas = torch.gather(output.landmark_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 10))
         landmarks = self.coder.decode_landmarks(ldeltas, anchors) * inv[..., None]
         if cfg.vote_iou is not None:  # the survivors' boxes and landmarks become their neighbours' vote
-            boxes, landmarks = boxes.clone(), landmarks.clone()
-            for b in range(batch_size):
-                boxes[b, keep[b]], landmarks[b, keep[b]] = vote_torch(
-                    boxes[b][valid[b]], top_scores[b][valid[b]], landmarks[b][valid[b]], keep[b][valid[b]],
-                    cfg.vote_iou, plus_one=cfg.nms_plus_one)
+            boxes, landmarks = vote_torch(boxes, top_scores, landmarks, valid, keep, cfg.vote_iou,
+                                          plus_one=cfg.nms_plus_one, budget=self.nms_budget)
         if to_host:  # [B, K, 4 + 1 + 10 + 1]: one copy, then the per-image selections on the host
             packed = torch.cat([boxes, top_scores[..., None], landmarks.reshape(batch_size, k, 10),
                                 keep[..., None].to(boxes.dtype)], dim=2).cpu()
@@ -248,21 +245,36 @@ class RetinaFacePostprocess:
                 for b in range(batch_size)]
 
 
-def vote_torch(boxes: Tensor, scores: Tensor, landmarks: Tensor, kept: Tensor, iou_threshold: float, *,
-               plus_one: bool = False) -> tuple[Tensor, Tensor]:
-    """The torch twin of :func:`detector.postprocess.vote` (same float32 IoU operations, float64
-    weighted mean): ``boxes [K, 4]``, ``scores [K]``, ``landmarks [K, 5, 2]`` of one image's valid
-    candidates, ``kept`` ``BoolTensor[K]`` NMS's survivors -> voted ``[M, 4]`` boxes and
-    ``[M, 5, 2]`` landmarks (float32) of the survivors, in candidate order."""
-    idx = torch.nonzero(kept).flatten()
-    iou = batched_box_iou(boxes[idx], boxes, plus_one=plus_one)  # [M, K]
-    member = iou >= torch.tensor(iou_threshold, dtype=torch.float32, device=iou.device)
-    member[torch.arange(idx.numel(), device=idx.device), idx] = True
-    weights = torch.where(member, scores.double()[None], torch.zeros((), dtype=torch.float64, device=iou.device))
-    total = weights.sum(dim=1, keepdim=True)
-    vb = (weights @ boxes.double()) / total
-    vl = (weights @ landmarks.double().reshape(-1, 10)) / total
-    return vb.float(), vl.reshape(-1, 5, 2).float()
+def vote_torch(boxes: Tensor, scores: Tensor, landmarks: Tensor, valid: Tensor, keep: Tensor, iou_threshold: float,
+               *, plus_one: bool = False, budget: int = 64_000_000) -> tuple[Tensor, Tensor]:
+    """The batched torch twin of :func:`detector.postprocess.vote`: the same float32 IoU operations
+    and a float64 weighted mean, no loop over the images and no host sync.
+
+    Args:
+        boxes: ``[B, K, 4]``, scores ``[B, K]``, landmarks ``[B, K, 5, 2]``: each image's candidates.
+        valid: ``BoolTensor[B, K]`` real candidates (only they vote).
+        keep: ``BoolTensor[B, K]`` NMS's survivors.
+        budget: most elements of one slice's ``[b, K, K]`` weights (slices of the batch).
+
+    Returns ``boxes`` and ``landmarks`` with the survivors' rows replaced by their votes (float32).
+    """
+    b, k = scores.shape
+    per_chunk = max(1, budget // max(1, k * k))
+    out_b, out_l = [], []
+    eye = torch.eye(k, dtype=torch.bool, device=boxes.device)
+    for i in range(0, b, per_chunk):
+        sl = slice(i, i + per_chunk)
+        iou = batched_box_iou(boxes[sl], boxes[sl], plus_one=plus_one)  # [b, K, K]
+        member = ((iou >= torch.tensor(iou_threshold, dtype=iou.dtype, device=iou.device)) | eye) & valid[sl, None, :]
+        weights = torch.where(member, scores[sl, None, :].double(), torch.zeros((), dtype=torch.float64,
+                                                                                device=iou.device))
+        total = weights.sum(dim=2, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        vb = (weights @ boxes[sl].double()) / total
+        vl = (weights @ landmarks[sl].double().reshape(-1, k, 10)) / total
+        kept = keep[sl, :, None]
+        out_b.append(torch.where(kept, vb.float(), boxes[sl]))
+        out_l.append(torch.where(kept, vl.float(), landmarks[sl].reshape(-1, k, 10)).reshape(-1, k, 5, 2))
+    return torch.cat(out_b), torch.cat(out_l)
 
 
 class Detector:

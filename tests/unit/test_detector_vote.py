@@ -1,7 +1,7 @@
 """Score-weighted voting of boxes and landmarks (:attr:`detector.api.PostprocessConfig.vote_iou`).
 
 * A hand-computed weighted mean on a tiny synthetic case, in numpy (:func:`detector.postprocess.vote`)
-  and torch (:func:`detector.inference.vote_torch`).
+  and batched torch (:func:`detector.inference.vote_torch`).
 * Continuity: two near-tied candidates whose order a 1e-6 score change swaps give (nearly) the same
   voted landmarks, while the plain NMS survivor jumps to the other candidate's landmarks.
 * On the golden photos the numpy postprocess of the ONNX runtimes equals the torch one with voting
@@ -44,11 +44,16 @@ def test_vote_reproduces_a_hand_computed_weighted_mean():
     boxes, landmarks = vote(BOXES, SCORES, LANDMARKS, keep, 0.81)
     np.testing.assert_array_equal(landmarks, LANDMARKS[keep])
     # torch: the same numbers
-    tb, tl = vote_torch(torch.from_numpy(BOXES), torch.from_numpy(SCORES), torch.from_numpy(LANDMARKS),
-                        torch.tensor([True, True, False]), 0.7)
+    # torch, batched: the same numbers for the kept rows, the other rows untouched, padding ignored
+    pad = lambda x: torch.from_numpy(np.concatenate([x, np.full_like(x[:1], 7.0)]))[None].repeat(2, *[1] * x.ndim)  # noqa: E731
+    valid = torch.tensor([[True, True, True, False]] * 2)
+    kept = torch.tensor([[True, True, False, False]] * 2)
+    tb, tl = vote_torch(pad(BOXES), pad(SCORES), pad(LANDMARKS), valid, kept, 0.7)
     vb, vl = vote(BOXES, SCORES, LANDMARKS, keep, 0.7)
-    np.testing.assert_allclose(tb.numpy(), vb, rtol=1e-7)
-    np.testing.assert_allclose(tl.numpy(), vl, rtol=1e-7)
+    for j in range(2):
+        np.testing.assert_allclose(tb[j, :2].numpy(), vb, rtol=1e-7)
+        np.testing.assert_allclose(tl[j, :2].numpy(), vl, rtol=1e-7)
+        np.testing.assert_array_equal(tl[j, 2:].numpy(), pad(LANDMARKS)[j, 2:].numpy())
 
 
 @pytest.mark.parametrize("plus_one", [True, False])
@@ -149,3 +154,14 @@ def test_bf16_landmark_check_through_the_aligner(detector, mobilenet_weights):
     assert max(row["errors"]) < 1.0  # % of the box width
     same = measure_aligner(paths, "deepface", [], detector, detector)["bf16 vs fp32"]
     assert same["errors"] == [0.0, 0.0]
+
+
+def test_batched_torch_vote_equals_single_images(detector):
+    """A mixed-size padded batch votes each image as if it ran alone (padding never votes)."""
+    images = [golden_image(e) for e in ENTRIES[:3]]
+    together = detector.detect(images, conf_threshold=0.5, vote_iou=0.6)
+    for image, got in zip(images, together):
+        alone = detector.detect([image], conf_threshold=0.5, vote_iou=0.6)[0].numpy()
+        got = got.numpy()
+        np.testing.assert_allclose(got.landmarks, alone.landmarks, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(got.boxes, alone.boxes, rtol=1e-5, atol=1e-3)
