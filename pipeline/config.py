@@ -49,10 +49,10 @@ class AlignConfig:
         vote_iou: every detection (coarse, retry, refinement) takes the score-weighted mean of
             the boxes and landmarks of the candidates overlapping it by at least this IoU
             (:attr:`detector.api.PostprocessConfig.vote_iou`); default 0.6. Near-tied anchors then
-            cannot swap a face's landmarks: OpenVINO bf16 against torch fp32 through this stage,
-            p99 1.79 % -> 0.46 % of the box width, and the landmarks jitter ~25 % less under
-            few-pixel shifts (docs/widerface.md, "The bf16 landmark tail"). ``None``: the
-            detector's own setting (off by default: the reference's NMS survivors).
+            cannot swap a face's landmarks (OpenVINO bf16 against torch fp32 through this stage),
+            and the landmarks jitter ~25 % less under few-pixel shifts (docs/widerface.md, "The
+            bf16 landmark tail"). ``None``: the detector's own setting (off by default: the
+            reference's NMS survivors).
         color: channel order of input images and output crops, ``"bgr"`` or ``"rgb"``; encoded
             inputs are decoded into this order. The detector is always fed BGR.
         max_pixels: pixel cap for encoded inputs (``None``: no cap of ours).
