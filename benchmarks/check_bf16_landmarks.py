@@ -3,6 +3,8 @@
 
     python benchmarks/check_bf16_landmarks.py [--sets deepface,lfw,wider] [--sizes cap:640,long:640,original] \\
         [--wider-images DIR] [--out runs/check_bf16_landmarks]
+    python benchmarks/check_bf16_landmarks.py --aligner [--votes 0.6] --lfw-every 14 --wider-every 16 \\
+        --wider-images WIDER_val/images --out runs/check_bf16_aligner
 
 The reference is the torch fp32 detector (the biubug6 MobileNet-0.25 checkpoint). Every face it finds
 with score >= 0.8 is matched to the bf16 detection of highest IoU (>= 0.5; else it counts as missed);
@@ -20,6 +22,15 @@ FACE val, every ``--wider-every``-th image of each event; ``--wider-images``). S
 resize policies; an image that one policy leaves at the same size as an earlier one is not counted
 twice. Prints median / p95 / p99 / max per set for faces >= 64 px wide (the acceptance bound of issue 23:
 p99 <= 0.75 %, max <= 1.5 %) and for all faces, and writes JSON.
+
+``--aligner`` (the job's detection sizes): instead of fixed sizes, every photo goes through
+:class:`pipeline.stage.FaceAligner` with the default :class:`~pipeline.config.AlignConfig` (coarse
+``cap:640``, refinement, retry), once on torch fp32 and once on the default OpenVINO bf16, without
+voting and with ``vote_iou`` at each of ``--votes``; the final landmarks of the same faces are compared
+(deepface / LFW: the selected central face; WIDER: ``select="all"``). Rows ``bf16[+vT] vs fp32[+vT]``
+are the acceptance comparison; rows ``... vs full`` compare each run with torch fp32 detecting the whole
+photo at its original size (no voting, no refinement). ``--speed`` then times ``detect`` at 640x480 with
+voting off and on. docs/widerface.md, "The bf16 landmark tail", has the figures.
 """
 
 from __future__ import annotations
@@ -137,6 +148,48 @@ def measure(paths: list[Path], sizes: list[str], reference, detectors: dict) -> 
     return out
 
 
+def aligned_rows(faces) -> np.ndarray:
+    """``[M, 15]`` rows (box, score, landmarks) of a list of :class:`pipeline.stage.AlignedFace`."""
+    if not faces:
+        return np.zeros((0, 15))
+    return np.stack([np.concatenate([np.asarray(f.box, np.float64).reshape(4), [float(f.score)],
+                                     np.asarray(f.landmarks, np.float64).reshape(10)]) for f in faces])
+
+
+def measure_aligner(paths: list[Path], set_name: str, votes: list[float], reference, bf16) -> dict[str, dict]:
+    """Through :class:`pipeline.stage.FaceAligner` with the default :class:`AlignConfig` (central face;
+    ``select="all"`` on WIDER), torch fp32 against OpenVINO bf16, with ``vote_iou=None`` and with voting
+    at each IoU of ``votes`` (the default, 0.6, is ``+v0.6``). Comparisons (``got vs reference``):
+    ``bf16[+vT]`` against ``fp32[+vT]`` (same settings), and every run against ``full``: torch fp32
+    detecting the whole photo at its original size (no voting, no refinement), the landmarks the
+    coarse-to-fine path approximates."""
+    from pipeline.config import AlignConfig
+    from pipeline.stage import FaceAligner
+
+    select = "all" if set_name == "wider" else "central"
+    configs = {"": AlignConfig(select=select, vote_iou=None)}  # the default AlignConfig votes at 0.6
+    configs.update({f"+v{t:g}": AlignConfig(select=select, vote_iou=t) for t in votes})
+    runs = {}
+    for suffix, cfg in configs.items():
+        runs["fp32" + suffix] = FaceAligner(detector=reference, config=cfg)
+        runs["bf16" + suffix] = FaceAligner(detector=bf16, config=cfg)
+    pairs = [(f"bf16{x}", f"fp32{x}") for x in configs] + [(name, "full") for name in runs]
+    out = {f"{g} vs {r}": {"errors": [], "widths": [], "missed": 0, "where": []} for g, r in pairs}
+    for path in paths:
+        img = read(path)
+        got = {name: aligned_rows(a.align([img])[0]) for name, a in runs.items()}
+        full = rows(reference.detect([img], resize="original")[0])
+        got["full"] = full[full[:, 4] >= MIN_SCORE]
+        for g, r in pairs:  # against full: the run's faces found in the full-size detection
+            e, w, m = drift(got[g], got[r]) if r == "full" else drift(got[r], got[g])
+            key = out[f"{g} vs {r}"]
+            key["errors"].extend(e.tolist())
+            key["widths"].extend(w.tolist())
+            key["missed"] += m
+            key["where"].extend([path.name, "aligner"] for _ in e)
+    return out
+
+
 def speed(onnx: Path, variants: dict[str, tuple[str, ...]], rounds: int) -> dict[str, float]:
     """Median ms of one ``detect`` call per variant (and OpenVINO fp32) on a 640x480 photo, one thread,
     score 0.5, the variants interleaved round by round (20 calls each per round, after 5 untimed)."""
@@ -159,8 +212,29 @@ def speed(onnx: Path, variants: dict[str, tuple[str, ...]], rounds: int) -> dict
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
+def speed_vote(onnx: Path, votes: list[float], rounds: int) -> dict[str, float]:
+    """Median ms of one ``detect`` call of OpenVINO bf16 (the default patterns) at 640x480, one thread,
+    at the aligner's threshold (0.8), without and with voting at each IoU, interleaved as :func:`speed`."""
+    from detector.onnx_runtime import OnnxRetinaFace
+
+    img = cv2.resize(read(asset("images/group_insightface_t1.jpg")), (640, 480), interpolation=cv2.INTER_AREA)
+    det = OnnxRetinaFace.from_onnx(onnx, runtime="openvino", precision="bf16", threads=1)
+    options = {"no vote": None, **{f"vote {t:g}": t for t in votes}}
+    times: dict[str, list[float]] = {name: [] for name in options}
+    for _ in range(5):
+        det.detect([img], conf_threshold=0.8)
+    for _ in range(rounds):
+        for name, t_iou in options.items():
+            for _ in range(20):
+                t = time.perf_counter()
+                det.detect([img], conf_threshold=0.8, vote_iou=t_iou)
+                times[name].append(time.perf_counter() - t)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
 def table(results: dict[str, dict], variants: list[str]) -> tuple[str, dict]:
-    lines = [f"{'set':9s} {'faces':7s} {'variant':14s} {'n':>6s} {'median':>7s} {'p95':>7s} {'p99':>7s} "
+    vw = max(14, *(len(v) for v in variants))
+    lines = [f"{'set':9s} {'faces':7s} {'variant':{vw}s} {'n':>6s} {'median':>7s} {'p95':>7s} {'p99':>7s} "
              f"{'max':>7s} {'missed':>6s}"]
     summary: dict = {}
     for set_name in [*results, "all"]:
@@ -173,7 +247,7 @@ def table(results: dict[str, dict], variants: list[str]) -> tuple[str, dict]:
                 st["missed"] = sum(results[k]["measured"][v]["missed"] for k in keys)
                 summary.setdefault(set_name, {}).setdefault(scope, {})[v] = st
                 if st["faces"]:
-                    lines.append(f"{set_name:9s} {scope:7s} {v:14s} {st['faces']:6d} {st['median']:7.3f} "
+                    lines.append(f"{set_name:9s} {scope:7s} {v:{vw}s} {st['faces']:6d} {st['median']:7.3f} "
                                  f"{st['p95']:7.3f} {st['p99']:7.3f} {st['max']:7.3f} {st['missed']:6d}")
     return "\n".join(lines), summary
 
@@ -193,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/check_bf16_landmarks"),
                    help="one <set>.json per photo set (kept: later runs add sets; the table covers them all)")
     p.add_argument("--fresh", action="store_true", help="measure the requested sets again")
+    p.add_argument("--aligner", action="store_true",
+                   help="measure through FaceAligner at the job's detection sizes (default AlignConfig: cap:640, "
+                        "refinement, retry), torch fp32 vs the default OpenVINO bf16; --sizes and --variants unused")
+    p.add_argument("--votes", default="0.6", help="--aligner: also with vote_iou at these IoUs (comma separated)")
     p.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
                    help="also time each variant at 640x480, one thread (ROUNDS x 20 calls, interleaved)")
     args = p.parse_args(argv)
@@ -223,6 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     setup = {"sizes": sizes, "variants": {v: list(k) for v, k in variants.items()}, "min_score": MIN_SCORE,
              "lfw_every": args.lfw_every, "wider_every": args.wider_every}
+    votes = [float(t) for t in args.votes.split(",") if t.strip()]
+    if args.aligner:
+        suffixes = ["", *(f"+v{t:g}" for t in votes)]
+        pairs = [f"bf16{x} vs fp32{x}" for x in suffixes] + [f"{p} vs full" for x in suffixes for p in
+                                                            (f"fp32{x}", f"bf16{x}")]
+        setup = {"mode": "aligner", "votes": votes, "variants": pairs, "min_score": MIN_SCORE,
+                 "lfw_every": args.lfw_every, "wider_every": args.wider_every}
+        variants = {v: () for v in pairs}
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
     todo = [s for s in wanted if args.fresh or not (args.out / f"{s}.json").is_file()]
     if todo:
@@ -230,17 +316,27 @@ def main(argv: list[str] | None = None) -> int:
                           wider_images=args.wider_images)
         reference = DetectorSpec(weights=str(weights), runtime="torch", precision="fp32").build()
         onnx = onnx_for_weights(weights)
-        detectors = {name: OnnxRetinaFace.from_onnx(onnx, runtime="openvino", precision="bf16", bf16_keep_f32=keep)
-                     for name, keep in variants.items()}
+        if args.aligner:
+            bf16 = DetectorSpec(weights=str(onnx), runtime="openvino", precision="bf16").build()
+        else:
+            detectors = {name: OnnxRetinaFace.from_onnx(onnx, runtime="openvino", precision="bf16",
+                                                        bf16_keep_f32=keep) for name, keep in variants.items()}
         for set_name, paths in sets.items():
             t0 = time.perf_counter()
-            measured = measure(paths, sizes, reference, detectors)
+            if args.aligner:
+                measured = measure_aligner(paths, set_name, votes, reference, bf16)
+            else:
+                measured = measure(paths, sizes, reference, detectors)
             record = {**setup, "set": set_name, "photos": len(paths), "seconds": round(time.perf_counter() - t0, 1),
                       "measured": measured}
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"{set_name}.json").write_text(json.dumps(record) + "\n")
             print(f"{set_name}: {len(paths)} photos measured in {record['seconds']:.0f} s", flush=True)
-    if args.speed:
+    if args.speed and args.aligner:
+        ms = speed_vote(onnx_for_weights(weights), votes, args.speed)
+        (args.out / "speed.json").parent.mkdir(parents=True, exist_ok=True)
+        (args.out / "speed.json").write_text(json.dumps({"variants": setup["variants"], "ms": ms}) + "\n")
+    elif args.speed:
         ms = speed(onnx_for_weights(weights), variants, args.speed)
         (args.out / "speed.json").parent.mkdir(parents=True, exist_ok=True)
         (args.out / "speed.json").write_text(json.dumps({"variants": setup["variants"], "ms": ms}) + "\n")
@@ -257,11 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         raise SystemExit(f"nothing measured under {args.out}")
     text, summary = table(results, list(variants))
+    where = "through FaceAligner (default AlignConfig)" if args.aligner else f"sizes {', '.join(sizes)}"
     print(f"\nlandmark drift of OpenVINO bf16 vs torch fp32, % of the box width (faces with score >= {MIN_SCORE}, "
-          f"sizes {', '.join(sizes)}; the mean of the five point distances)")
+          f"{where}; the mean of the five point distances)")
     print(text)
     for v in variants:
-        print(f"  {v}: f32 patterns {list(variants[v])}")
+        if not args.aligner:
+            print(f"  {v}: f32 patterns {list(variants[v])}")
     if args.worst:
         for v in variants:
             rows_ = [(e, w, *where, s) for s, r in results.items() for e, w, where in

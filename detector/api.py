@@ -34,13 +34,19 @@ class InputImageError(ValueError):
 @dataclass(frozen=True)
 class PostprocessConfig:
     """Reference (biubug6 ``detect.py``) defaults: keep scores > 0.02, 5000 best before NMS at IoU 0.4
-    (legacy +1-pixel areas), 750 after."""
+    (legacy +1-pixel areas), 750 after.
+
+    ``vote_iou``: ``None`` (default, the reference) keeps each NMS survivor's own box and landmarks;
+    a value in (0, 1] replaces them by the score-weighted mean over the candidates whose IoU with
+    the survivor is ``>=`` it (:func:`detector.postprocess.vote`): near-tied anchors then cannot
+    swap the result (the bf16 landmark tail, issue 23). Scores and the kept set are unchanged."""
 
     conf_threshold: float = 0.02
     nms_threshold: float = 0.4
     top_k: int = 5000
     keep_top_k: int = 750
     nms_plus_one: bool = True
+    vote_iou: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.conf_threshold) < 1.0:
@@ -49,6 +55,8 @@ class PostprocessConfig:
             raise ValueError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}")
         if int(self.top_k) < 1 or int(self.keep_top_k) < 1:
             raise ValueError(f"top_k and keep_top_k must be >= 1, got {self.top_k}, {self.keep_top_k}")
+        if self.vote_iou is not None and not 0.0 < float(self.vote_iou) <= 1.0:
+            raise ValueError(f"vote_iou must be None or in (0, 1], got {self.vote_iou}")
 
     def override(self, **fields: float | int | None) -> PostprocessConfig:
         """This config with the given non-``None`` fields replaced (a detector's per-call overrides)."""
@@ -102,7 +110,8 @@ class FaceDetector(Protocol):
 
     def detect(self, images: Sequence[np.ndarray], *, resize: ResizePolicy | str | int | None = None,
                conf_threshold: float | None = None, nms_threshold: float | None = None,
-               top_k: int | None = None, keep_top_k: int | None = None) -> list[Detections]: ...
+               top_k: int | None = None, keep_top_k: int | None = None,
+               vote_iou: float | None = None) -> list[Detections]: ...
 
 
 def as_bgr_uint8(image: Any, index: int) -> np.ndarray:

@@ -87,12 +87,13 @@ class DenseDetector(abc.ABC):
 
     def detect(self, images: Sequence[np.ndarray], *, resize: ResizePolicy | str | int | None = None,
                conf_threshold: float | None = None, nms_threshold: float | None = None,
-               top_k: int | None = None, keep_top_k: int | None = None) -> list[Detections]:
+               top_k: int | None = None, keep_top_k: int | None = None,
+               vote_iou: float | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per image (float32 numpy arrays, original pixels,
         sorted by score)."""
         check_image_list(images)
         config = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                                  top_k=top_k, keep_top_k=keep_top_k)
+                                                  top_k=top_k, keep_top_k=keep_top_k, vote_iou=vote_iou)
         policy = self.resize if resize is None else ResizePolicy.parse(resize)
         images = [as_bgr_uint8(img, i) for i, img in enumerate(images)]
         plans = [self.plan(img.shape[0], img.shape[1], policy) for img in images]

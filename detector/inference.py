@@ -19,13 +19,13 @@ from torch import Tensor
 from .anchors import AnchorGenerator
 from .api import Detections, InputImageError, PostprocessConfig, as_bgr_uint8, check_image_list
 from .box_coder import BoxCoder
-from .boxes import chunked_padded_nms
+from .boxes import batched_box_iou, chunked_padded_nms
 from .config import ModelConfig, ResizePolicy
 from .model import RetinaFace, RetinaFaceOutput, fuse_conv_bn
 from .weights import load_model
 
 __all__ = ["ResizePolicy", "PostprocessConfig", "Detections", "Detector", "InputImageError",
-           "RetinaFaceInput", "RetinaFacePostprocess"]
+           "RetinaFaceInput", "RetinaFacePostprocess", "vote_torch"]
 
 
 class _PaddingMask:
@@ -233,6 +233,9 @@ class RetinaFacePostprocess:
         keep &= keep.cumsum(dim=1) <= cfg.keep_top_k
         ldeltas = torch.gather(output.landmark_deltas.float(), 1, top_idx[..., None].expand(-1, -1, 10))
         landmarks = self.coder.decode_landmarks(ldeltas, anchors) * inv[..., None]
+        if cfg.vote_iou is not None:  # the survivors' boxes and landmarks become their neighbours' vote
+            boxes, landmarks = vote_torch(boxes, top_scores, landmarks, valid, keep, cfg.vote_iou,
+                                          plus_one=cfg.nms_plus_one, budget=self.nms_budget)
         if to_host:  # [B, K, 4 + 1 + 10 + 1]: one copy, then the per-image selections on the host
             packed = torch.cat([boxes, top_scores[..., None], landmarks.reshape(batch_size, k, 10),
                                 keep[..., None].to(boxes.dtype)], dim=2).cpu()
@@ -240,6 +243,38 @@ class RetinaFacePostprocess:
             return [Detections(p[:, :4], p[:, 4], p[:, 5:15].reshape(-1, 5, 2)) for p in picked]
         return [Detections(boxes[b][keep[b]], top_scores[b][keep[b]], landmarks[b][keep[b]])
                 for b in range(batch_size)]
+
+
+def vote_torch(boxes: Tensor, scores: Tensor, landmarks: Tensor, valid: Tensor, keep: Tensor, iou_threshold: float,
+               *, plus_one: bool = False, budget: int = 64_000_000) -> tuple[Tensor, Tensor]:
+    """The batched torch twin of :func:`detector.postprocess.vote`: the same float32 IoU operations
+    and a float64 weighted mean, no loop over the images and no host sync.
+
+    Args:
+        boxes: ``[B, K, 4]``, scores ``[B, K]``, landmarks ``[B, K, 5, 2]``: each image's candidates.
+        valid: ``BoolTensor[B, K]`` real candidates (only they vote).
+        keep: ``BoolTensor[B, K]`` NMS's survivors.
+        budget: most elements of one slice's ``[b, K, K]`` weights (slices of the batch).
+
+    Returns ``boxes`` and ``landmarks`` with the survivors' rows replaced by their votes (float32).
+    """
+    b, k = scores.shape
+    per_chunk = max(1, budget // max(1, k * k))
+    out_b, out_l = [], []
+    eye = torch.eye(k, dtype=torch.bool, device=boxes.device)
+    for i in range(0, b, per_chunk):
+        sl = slice(i, i + per_chunk)
+        iou = batched_box_iou(boxes[sl], boxes[sl], plus_one=plus_one)  # [b, K, K]
+        member = ((iou >= torch.tensor(iou_threshold, dtype=iou.dtype, device=iou.device)) | eye) & valid[sl, None, :]
+        weights = torch.where(member, scores[sl, None, :].double(), torch.zeros((), dtype=torch.float64,
+                                                                                device=iou.device))
+        total = weights.sum(dim=2, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        vb = (weights @ boxes[sl].double()) / total
+        vl = (weights @ landmarks[sl].double().reshape(-1, k, 10)) / total
+        kept = keep[sl, :, None]
+        out_b.append(torch.where(kept, vb.float(), boxes[sl]))
+        out_l.append(torch.where(kept, vl.float(), landmarks[sl].reshape(-1, k, 10)).reshape(-1, k, 5, 2))
+    return torch.cat(out_b), torch.cat(out_l)
 
 
 class Detector:
@@ -318,11 +353,11 @@ class Detector:
     def detect(self, images: Sequence[np.ndarray] | Tensor, *,
                resize: ResizePolicy | str | int | None = None, conf_threshold: float | None = None,
                nms_threshold: float | None = None, top_k: int | None = None,
-               keep_top_k: int | None = None) -> list[Detections]:
+               keep_top_k: int | None = None, vote_iou: float | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per input image (tensors on the model's device, or
         on the CPU for a list of images with ``group_shapes``)."""
         cfg = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                               top_k=top_k, keep_top_k=keep_top_k)
+                                               top_k=top_k, keep_top_k=keep_top_k, vote_iou=vote_iou)
         if self.group_shapes and not isinstance(images, Tensor):
             policy = self.resize if resize is None else ResizePolicy.parse(resize)
             results: list[Detections | None] = [None] * len(images)

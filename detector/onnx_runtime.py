@@ -250,18 +250,19 @@ class OnnxRetinaFace(DenseDetector):
     def detect(self, images: "Sequence[np.ndarray] | Tensor", *,
                resize: "ResizePolicy | str | int | None" = None, conf_threshold: float | None = None,
                nms_threshold: float | None = None, top_k: int | None = None,
-               keep_top_k: int | None = None) -> list[Detections]:
+               keep_top_k: int | None = None, vote_iou: float | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per input image (float32 numpy, original pixels)."""
         if not hasattr(images, "detach"):  # not a torch tensor: the base's path, torch-free
             return super().detect(images, resize=resize, conf_threshold=conf_threshold,
-                                  nms_threshold=nms_threshold, top_k=top_k, keep_top_k=keep_top_k)
+                                  nms_threshold=nms_threshold, top_k=top_k, keep_top_k=keep_top_k,
+                                  vote_iou=vote_iou)
         # a Tensor[B, 3, H, W] of BGR pixels: the eager path's tensor preprocessing, one batch
         from .inference import RetinaFaceInput
 
         if self._inputs is None:
             self._inputs = RetinaFaceInput(self.config, device="cpu")
         config = self.postprocess_config.override(conf_threshold=conf_threshold, nms_threshold=nms_threshold,
-                                                  top_k=top_k, keep_top_k=keep_top_k)
+                                                  top_k=top_k, keep_top_k=keep_top_k, vote_iou=vote_iou)
         policy = self.resize if resize is None else ResizePolicy.parse(resize)
         batch, scales, _ = self._inputs(images, policy)
         raw = [t.numpy() for t in self.forward(batch)]

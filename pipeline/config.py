@@ -46,6 +46,13 @@ class AlignConfig:
             ``None`` or 0: no refinement.
         retry_resize: a photo without an eligible face at ``resize`` is detected again at this
             size before it is called ``no_face`` (only where it is finer); ``None``: no retry.
+        vote_iou: every detection (coarse, retry, refinement) takes the score-weighted mean of
+            the boxes and landmarks of the candidates overlapping it by at least this IoU
+            (:attr:`detector.api.PostprocessConfig.vote_iou`); default 0.6. Near-tied anchors then
+            cannot swap a face's landmarks (OpenVINO bf16 against torch fp32 through this stage),
+            and the landmarks jitter ~25 % less under few-pixel shifts (docs/widerface.md, "The
+            bf16 landmark tail"). ``None``: the detector's own setting (off by default: the
+            reference's NMS survivors).
         color: channel order of input images and output crops, ``"bgr"`` or ``"rgb"``; encoded
             inputs are decoded into this order. The detector is always fed BGR.
         max_pixels: pixel cap for encoded inputs (``None``: no cap of ours).
@@ -63,6 +70,7 @@ class AlignConfig:
     resize: ResizePolicy | str | int | None = field(default_factory=lambda: ResizePolicy.cap(640))
     refine_size: int | None = 224
     retry_resize: ResizePolicy | str | int | None = field(default_factory=lambda: ResizePolicy.cap(1600))
+    vote_iou: float | None = 0.6
     color: Literal["bgr", "rgb"] = "bgr"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     exif_orientation: bool = True
@@ -78,6 +86,8 @@ class AlignConfig:
             raise ValueError(f"min_score must be in [0, 1], got {self.min_score!r}")
         if not (float(self.min_face_size) >= 0.0):
             raise ValueError(f"min_face_size must be >= 0, got {self.min_face_size!r}")
+        if self.vote_iou is not None and not 0.0 < float(self.vote_iou) <= 1.0:
+            raise ValueError(f"vote_iou must be None or in (0, 1], got {self.vote_iou!r}")
         if self.color not in ("bgr", "rgb"):
             raise ValueError(f"color must be 'bgr' or 'rgb', got {self.color!r}")
         if self.max_pixels is not None and int(self.max_pixels) < 1:

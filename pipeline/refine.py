@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.select import box_iou
 
-__all__ = ["CONTEXT", "RefineWindow", "match_face", "needs_refinement", "refine_windows", "window_side"]
+__all__ = ["CONTEXT", "SCALE_STEPS", "RefineWindow", "match_face", "needs_refinement", "refine_windows", "window_side"]
 
 CONTEXT = 2.0
 """Window side over the face side: the face fills half of its window (anchors of 2x the face and
@@ -94,6 +94,13 @@ GRID = 32
 """The detector's largest stride: its outputs depend on where a face falls on this grid."""
 
 
+SCALE_STEPS = 8
+"""A shrinking window's scale is snapped to a power of ``2 ** (1 / SCALE_STEPS)`` (the face lands
+within +-4.4 % of ``refine_size``): a coarse box a fraction of a percent larger or smaller (another
+runtime or precision, e.g. OpenVINO bf16 against torch fp32) then gives the same window, whose
+detection otherwise moved a face's landmarks by up to ~2 % of its box width (issue 23)."""
+
+
 def refine_windows(boxes: np.ndarray, refine_size: int) -> list[RefineWindow]:
     """One :class:`RefineWindow` per ``[K, 4]`` photo-pixel box.
 
@@ -107,6 +114,8 @@ def refine_windows(boxes: np.ndarray, refine_size: int) -> list[RefineWindow]:
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     face = np.maximum(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]), 1.0)
     scale = np.minimum(1.0, refine_size / face)
+    shrink = scale < 1.0
+    scale[shrink] = np.minimum(1.0, 2.0 ** (np.round(np.log2(scale[shrink]) * SCALE_STEPS) / SCALE_STEPS))
     centres = np.stack([(b[:, 0] + b[:, 2]) / 2.0, (b[:, 1] + b[:, 3]) / 2.0], axis=1)
     own = scale >= 1.0
     centres[own] = np.round((centres[own] - side / 2.0) / GRID) * GRID + side / 2.0

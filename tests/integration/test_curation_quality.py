@@ -30,8 +30,10 @@ def _config(src: Path, dst: Path, weights: Path, **kw) -> AlignJobConfig:
     kw.setdefault("detector", DetectorSpec(weights=str(weights), runtime="torch"))
     # the largest face at score 0.5, photos detected at their size (as the `detector` fixture): these
     # tests compare with that detector's landmarks and pick the group photo's largest face on purpose
-    # (no refinement: the selected face's refined box could then be smaller than another's coarse one)
-    kw.setdefault("align", job_align_defaults(select="largest", min_score=0.5, resize="cap:1024", refine_size=None))
+    # (no refinement: the selected face's refined box could then be smaller than another's coarse one;
+    # no voting: the group photo's two largest faces are 125.2 and 125.3 px, voting makes them a tie)
+    kw.setdefault("align", job_align_defaults(select="largest", min_score=0.5, resize="cap:1024", refine_size=None,
+                                              vote_iou=None))
     return AlignJobConfig(src=src, dst=dst, progress=False, ext="png", **kw)
 
 

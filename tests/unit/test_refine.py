@@ -37,7 +37,11 @@ def test_refinement_is_asked_only_for_faces_the_coarse_pass_saw_small():
     np.testing.assert_array_equal(needs_refinement(side, 1.0, 160), [False, False, False])  # photo's own size
     np.testing.assert_array_equal(needs_refinement(side, 0.25, 160), [True, True, False])
     windows = refine_windows(np.array([[0, 0, 100, 80], [0, 0, 400, 300]], np.float64), 160)
-    assert [w.scale for w in windows] == [1.0, 0.4]  # never enlarged beyond the photo's pixels
+    assert windows[0].scale == 1.0  # never enlarged beyond the photo's pixels
+    assert windows[1].scale == 2.0 ** (-11 / 8)  # 160 / 400 = 0.4 snapped to a power of 2 ** (1 / 8)
+    # sub-percent changes of the coarse box (another precision) give the same window
+    assert {refine_windows(np.array([[0, 0, 400 * f, 300]]), 160)[0].scale for f in (0.995, 1.0, 1.005)} == {
+        2.0 ** (-11 / 8)}
     assert match_face(np.array([0, 0, 10, 10]), np.zeros((0, 4))) == -1
     assert match_face(np.array([0, 0, 10, 10]), np.array([[50, 50, 60, 60], [1, 1, 10, 11]])) == 1
 
