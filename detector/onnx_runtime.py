@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -74,7 +75,7 @@ class OnnxRetinaFace(DenseDetector):
     """
 
     def __init__(self, session: OnnxSession, config: ModelConfig, *,
-                 resize: "ResizePolicy | str | int | None" = None,
+                 resize: ResizePolicy | str | int | None = None,
                  postprocess: PostprocessConfig = PostprocessConfig(), path: str | os.PathLike | None = None) -> None:
         missing = [n for n in OUTPUT_NAMES if n not in session.output_names]
         if missing:
@@ -113,9 +114,9 @@ class OnnxRetinaFace(DenseDetector):
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, runtime: str = "onnxruntime", precision: str = "fp32",
                   device: str = "cpu", threads: int | None = None,
-                  resize: "ResizePolicy | str | int | None" = None,
+                  resize: ResizePolicy | str | int | None = None,
                   postprocess: PostprocessConfig | None = None, preset: str | None = None,
-                  bf16_keep_f32: Sequence[str] | None = None) -> "OnnxRetinaFace":
+                  bf16_keep_f32: Sequence[str] | None = None) -> OnnxRetinaFace:
         """Open one of our exported files (its metadata, read by the runtime, says the architecture
         and preprocessing).
 
@@ -137,7 +138,7 @@ class OnnxRetinaFace(DenseDetector):
         return cls(session, found[0], resize=resize, postprocess=postprocess or PostprocessConfig(), path=path)
 
     @classmethod
-    def from_spec(cls, spec: "DetectorSpec") -> "OnnxRetinaFace":
+    def from_spec(cls, spec: DetectorSpec) -> OnnxRetinaFace:
         """From a resolved spec: ``spec.weights`` an ``.onnx`` file of ours, or a checkpoint that is
         exported once into the cache (:func:`detector.export.onnx_for_weights`: found there by its
         content hash without torch; only a missing export imports torch to make it)."""
@@ -229,7 +230,7 @@ class OnnxRetinaFace(DenseDetector):
         return boxes, landmarks
 
     # ------------------------------------------------------------------ tensors (eager preprocessing)
-    def _run(self, pixels: np.ndarray) -> "RetinaFaceOutput":
+    def _run(self, pixels: np.ndarray) -> RetinaFaceOutput:
         """Raw outputs as torch tensors (a copy), for comparisons with the eager model."""
         import torch
 
@@ -237,7 +238,7 @@ class OnnxRetinaFace(DenseDetector):
 
         return RetinaFaceOutput(*(torch.from_numpy(np.array(o)) for o in self._raw(pixels)))
 
-    def forward(self, batch: "Tensor") -> "RetinaFaceOutput":
+    def forward(self, batch: Tensor) -> RetinaFaceOutput:
         """Raw outputs of one unpadded preprocessed batch (``Tensor[B, 3, H, W]`` as
         :class:`~detector.inference.RetinaFaceInput` makes it: normalised, network channel order)."""
         pixels = self.session.pixels
@@ -247,8 +248,8 @@ class OnnxRetinaFace(DenseDetector):
             x = x[..., ::-1]
         return self._run(np.ascontiguousarray(x, np.float32))
 
-    def detect(self, images: "Sequence[np.ndarray] | Tensor", *,
-               resize: "ResizePolicy | str | int | None" = None, conf_threshold: float | None = None,
+    def detect(self, images: Sequence[np.ndarray] | Tensor, *,
+               resize: ResizePolicy | str | int | None = None, conf_threshold: float | None = None,
                nms_threshold: float | None = None, top_k: int | None = None,
                keep_top_k: int | None = None, vote_iou: float | None = None) -> list[Detections]:
         """Detect faces; one :class:`Detections` per input image (float32 numpy, original pixels)."""
@@ -277,7 +278,7 @@ class OnnxRetinaFace(DenseDetector):
                 f"{self.config.name}, resize={self.resize.to_string()})")
 
 
-def build_retinaface(spec: "DetectorSpec") -> Any:
+def build_retinaface(spec: DetectorSpec) -> Any:
     """RetinaFace on ``spec.runtime``: eager torch (reference-exact, torch imported here), or the
     exported ONNX graph on onnxruntime / OpenVINO (a ``.pth`` is exported once into the cache, see
     :func:`detector.export.onnx_for_weights`)."""

@@ -384,7 +384,7 @@ class FaceAligner:
         for start in range(0, len(jobs), REFINE_BATCH):
             part = jobs[start:start + REFINE_BATCH]
             windows = []
-            for i, f, w in part:
+            for i, _face, w in part:
                 try:
                     source, ratio = photos[i].at(w.scale)
                 except ImageReadError:

@@ -101,6 +101,10 @@ def build_parser(prog: str = "faceprep align") -> argparse.ArgumentParser:
     al.add_argument("--retry-resize", default=DEFAULTS.retry_resize.to_string(), metavar="POLICY",
                     help="a photo with no face at --detect-resize is detected again at this size; 'none': off "
                          f"(default {DEFAULTS.retry_resize.to_string()})")
+    al.add_argument("--vote-iou", type=float, default=DEFAULTS.vote_iou, metavar="IOU",
+                    help="each face's box and landmarks are the score-weighted mean of the detector's candidates "
+                         "overlapping it by this IoU (steadier landmarks); 0: the plain NMS survivor "
+                         f"(default {DEFAULTS.vote_iou})")
 
     cu = p.add_argument_group(
         "curation: given landmarks, quality filters",
@@ -164,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> AlignJobConfig:
         min_score=args.min_score, min_face_size=args.min_face_size, resize=args.detect_resize,
         refine_size=args.refine_size or None,
         retry_resize=None if str(args.retry_resize).lower() in ("none", "off", "") else args.retry_resize,
-        on_error="record",
+        vote_iou=args.vote_iou or None, on_error="record",
     )
     detector = spec_from_args(args, device="cpu" if args.device == "auto" else args.device)
     quality_filter = QualityFilter(

@@ -122,7 +122,7 @@ def test_one_set_of_defaults_for_the_python_api_the_job_and_verification():
     assert (defaults.select, defaults.min_score, defaults.resize.to_string()) == ("central", 0.8, "cap:640")
     job = config_from_args(build_parser().parse_args(["--src", "a", "--dst", "b"]))
     fields = ("image_size", "crop", "select", "max_faces", "min_score", "min_face_size", "resize", "refine_size",
-              "retry_resize")
+              "retry_resize", "vote_iou")
     assert {f: getattr(job.align, f) for f in fields} == {f: getattr(defaults, f) for f in fields}
     from pipeline.job.config import AlignJobConfig
 
