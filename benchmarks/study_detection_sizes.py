@@ -4,7 +4,9 @@
     python benchmarks/study_detection_sizes.py [--lfw-every 20] [--wider DIR --wider-every 16] [--json F]
 
 The reference is the detector at each photo's original size in fp32 (OpenVINO fp32, which the
-parity tests hold equal to the eager torch path within 1e-3 px), no refinement, no retry. Each
+parity tests hold equal to the eager torch path within 1e-3 px), no refinement, no retry, and no
+voting unless ``--reference-vote`` (the aligner's default ``vote_iou`` moves landmarks ~1 % of the box
+from the plain NMS survivor: docs/widerface.md). Each
 setting runs :class:`pipeline.stage.FaceAligner` the way the align job does (encoded photos, JPEG
 drafts, OpenVINO bf16 unless ``--precision``), and is compared face by face:
 
@@ -37,8 +39,10 @@ from pipeline.select import box_iou  # noqa: E402
 from tests.shared import MOBILENET_WEIGHTS, asset  # noqa: E402  (the one locator of ../shared)
 
 SETTINGS = {
-    # name: AlignConfig fields (resize, refine_size, retry_resize)
-    "long:640 (before)": dict(resize="long:640", refine_size=None, retry_resize=None),
+    # name: AlignConfig fields (resize, refine_size, retry_resize, vote_iou; the rest: AlignConfig's defaults)
+    "long:640 (before)": dict(resize="long:640", refine_size=None, retry_resize=None, vote_iou=None),
+    "defaults": {},
+    "defaults without voting": dict(vote_iou=None),
     "cap:640": dict(resize="cap:640", refine_size=None, retry_resize=None),
     "cap:640 + refine 160": dict(resize="cap:640", refine_size=160),
     "cap:640 + refine 224": dict(resize="cap:640", refine_size=224),
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wider-every", type=int, default=16, help="every Nth WIDER val photo")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="precision of the settings")
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), help="which settings")
+    p.add_argument("--reference-vote", type=float, default=None, metavar="IOU",
+                   help="the reference's score-weighted voting (AlignConfig.vote_iou; default: none, the plain "
+                        "NMS survivor of the full-size detection)")
     p.add_argument("--json", type=Path, help="write the table here")
     args = p.parse_args(argv)
 
@@ -110,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         select = dict(select="all") if every else {}
         data = [PhotoInput(data=f.read_bytes(), source=str(f)) for f in files]
         reference = FaceAligner(detector=ref_det, config=AlignConfig(resize="original", refine_size=None,
-                                                                     retry_resize=None, **select), draft=False)
+                                                                     retry_resize=None, vote_iou=args.reference_vote,
+                                                                     **select), draft=False)
         refs = [faces_of(c, every, 64.0) for c in reference.run(data)]
         for name in args.settings:
             aligner = FaceAligner(detector=det, config=AlignConfig(**SETTINGS[name], **select))
