@@ -32,9 +32,9 @@ class AlignConfig:
         max_faces: faces kept per image after ordering; ``None``: 1 for the single-face modes,
             no limit for ``"all"``.
         min_score: keep faces with score >= this (default 0.8). It is also passed to the
-            detector as its confidence threshold (which only speeds it up: NMS keeps the same
-            boxes above it). Values below the detector's own threshold (0.02 by default) do not
-            lower it.
+            detector as its confidence threshold (NMS keeps the same boxes above it; with
+            ``vote_iou``, the candidates above it are the ones that vote). Values below the
+            detector's own threshold (0.02 by default) do not lower it.
         min_face_size: keep faces whose shorter box side is >= this many image pixels.
         resize: the coarse detection size, a resize policy; default ``cap:640`` (photos whose
             long side exceeds 640 are shrunk to 640, smaller ones are kept: never enlarged).

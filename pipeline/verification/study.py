@@ -88,9 +88,12 @@ class StudyVariant:
     @property
     def detector_key(self) -> tuple[DetectorSpec, AlignConfig]:
         """The detection pass without the face choice: variants with equal keys share one pass
-        (the detector's unused ``resize`` and the choice's ``select``/``min_score`` are neutralised)."""
+        (the detector's unused ``resize`` and the choice's ``select`` are neutralised, and
+        ``min_score`` too when there is no voting: with ``vote_iou``, the candidates that vote are
+        those above ``min_score`` (the aligner's detector threshold), so the landmarks depend on it)."""
+        min_score = self.align.min_score if self.align.vote_iou is not None else 0.0
         return (dataclasses.replace(self.detector, resize=None),
-                dataclasses.replace(self.align, select="all", min_score=0.0, max_faces=None))
+                dataclasses.replace(self.align, select="all", min_score=min_score, max_faces=None))
 
     def evaluation_config(self, **kwargs: Any) -> EvaluationConfig:
         """The plain evaluation this row equals (photos without a face centre-cropped); ``kwargs``:

@@ -200,7 +200,9 @@ def test_study_rows_equal_plain_evaluations(mini_lfw):
     ]
     study = run_study(mini_lfw, recognizer=recognizer,
                       config=StudyConfig(variants=variants, num_workers=1, threads=1, progress=False))
-    assert study.throughput["detection_passes"] == 2
+    # cap:1024 at score 0.5 (base, central, concat, none, box), at 0.9995 (strict: with voting the
+    # candidates above the minimum score vote, so it is a pass of its own), long:640 at 0.5
+    assert study.throughput["detection_passes"] == 3
     rows = {r["variant"]: r for r in study.rows()}
     fallbacks = rows["strict"]["no_face_photos"]
     print(f"\nstrict threshold: {fallbacks} of {len(mini_lfw.images)} photos centre-cropped; "
