@@ -277,7 +277,7 @@ def test_a_two_node_cluster_shares_the_work_and_losing_a_node_loses_no_photo(tmp
         print(f"cluster test: {time.monotonic() - t0:.1f} s in all")
 
 
-def test_an_unreachable_cluster_address_is_one_line_and_nothing_written(tmp_path, capfd, mobilenet_weights):
+def test_an_unreachable_cluster_address_is_one_line_and_nothing_written(tmp_path, mobilenet_weights):
     import socket
 
     with socket.socket() as s:  # a port with nothing listening
@@ -286,9 +286,12 @@ def test_an_unreachable_cluster_address_is_one_line_and_nothing_written(tmp_path
     src, dst = tmp_path / "raw", tmp_path / "aligned"
     (src / "p").mkdir(parents=True)
     shutil.copy(asset("images/aligned112_insightface_tom_hanks.png"), src / "p" / "a.png")
-    code = _align_main()(["--src", str(src), "--dst", str(dst), "--weights", str(mobilenet_weights),
-                          "--address", f"127.0.0.1:{port}", "--no-progress"])
-    out, err = capfd.readouterr()
+    # a process of its own: this session's Ray, already up here, would be joined whatever --address says
+    run = subprocess.run([PYTHON, str(REPO / "jobs" / "align_dataset.py"), "--src", str(src), "--dst", str(dst),
+                          "--weights", str(mobilenet_weights), "--address", f"127.0.0.1:{port}", "--no-progress"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""})
+    code, out, err = run.returncode, run.stdout, run.stderr
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == EXIT_USAGE, err
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot start or join the Ray cluster at 127.0.0.1:{port}")
