@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from common.fsio import atomic_write_text, remove_temporaries
-from common.ray_init import RayConnectError, ray_session
+from common.ray_init import RayConnectError, finish_shutdown, ray_session
 from detector.hub import CheckpointError
 from detector.probe import worker_env
 from detector.spec import AUTO, DetectorSpec
@@ -302,6 +302,17 @@ def run_align_job(config: AlignJobConfig) -> JobSummary:
     spec = check_detector(asked, load=True)
     if config.recognizer is not None:
         check_recognizer(config.recognizer, crop_shape=config.align.crop_shape)
+    try:
+        return _run_in_ray(config, asked, spec, inputs, all_inputs, pending, t0, given=given)
+    finally:
+        # Ray's shutdown overlapped the summary and the report; it is over before control returns, so
+        # that a caller's own ray.init (a second job, a notebook, a test's cluster) never races it
+        finish_shutdown()
+
+
+def _run_in_ray(config: AlignJobConfig, asked: DetectorSpec, spec: DetectorSpec, inputs: list[str],
+                all_inputs: list[str], pending, t0: float, *, given: GivenLandmarks | None) -> JobSummary:
+    dst = config.dst
     with contextlib.ExitStack() as ray_up:
         try:
             ray_up.enter_context(ray_session(config.address, verbose=config.verbose, background_shutdown=True))

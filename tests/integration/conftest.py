@@ -17,6 +17,9 @@ def ray_session():
     """One local Ray instance for the whole test session."""
     import ray
 
+    from common.ray_init import finish_shutdown
+
+    finish_shutdown()  # a job's Ray still shutting down in the background would take this one with it
     if not ray.is_initialized():
         # address="local": never join a `ray start` cluster that a test (or a user) runs on this machine
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)

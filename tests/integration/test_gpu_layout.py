@@ -53,6 +53,9 @@ def gpu_ray():
     own Ray, if any, is restarted after the module."""
     import ray
 
+    from common.ray_init import finish_shutdown
+
+    finish_shutdown()  # a job's Ray still shutting down in the background would take this one with it
     restart = ray.is_initialized()
     if restart:
         ray.shutdown()
