@@ -48,6 +48,9 @@ SETTINGS = {
     "cap:640 + refine 224": dict(resize="cap:640", refine_size=224),
     "cap:640 + refine 320": dict(resize="cap:640", refine_size=320),
     "cap:480 + refine 224": dict(resize="cap:480", refine_size=224),
+    "cap:480 + refine 160": dict(resize="cap:480", refine_size=160),
+    "cap:320 + refine 224": dict(resize="cap:320", refine_size=224),
+    "cap:320 + refine 160": dict(resize="cap:320", refine_size=160),
 }
 
 
