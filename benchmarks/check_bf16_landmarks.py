@@ -39,6 +39,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -199,15 +200,23 @@ def speed(onnx: Path, variants: dict[str, tuple[str, ...]], rounds: int) -> dict
     detectors = {name: OnnxRetinaFace.from_onnx(onnx, runtime="openvino", precision="bf16", threads=1,
                                                 bf16_keep_f32=keep) for name, keep in variants.items()}
     detectors["openvino fp32"] = OnnxRetinaFace.from_onnx(onnx, runtime="openvino", precision="fp32", threads=1)
-    times: dict[str, list[float]] = {name: [] for name in detectors}
-    for det in detectors.values():
-        for _ in range(5):
-            det.detect([img], conf_threshold=0.5)
+    return interleaved_ms({name: (lambda det=det: det.detect([img], conf_threshold=0.5))
+                           for name, det in detectors.items()}, rounds)
+
+
+def interleaved_ms(calls: dict[str, Callable[[], object]], rounds: int, *, warm: int = 5,
+                   per_round: int = 20) -> dict[str, float]:
+    """Median ms of each call: ``warm`` untimed calls each, then ``rounds`` rounds of ``per_round``
+    timed calls of every one in turn (interleaved, so that the machine's drift hits all alike)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        for _ in range(warm):
+            call()
     for _ in range(rounds):
-        for name, det in detectors.items():
-            for _ in range(20):
+        for name, call in calls.items():
+            for _ in range(per_round):
                 t = time.perf_counter()
-                det.detect([img], conf_threshold=0.5)
+                call()
                 times[name].append(time.perf_counter() - t)
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
@@ -220,16 +229,8 @@ def speed_vote(onnx: Path, votes: list[float], rounds: int) -> dict[str, float]:
     img = cv2.resize(read(asset("images/group_insightface_t1.jpg")), (640, 480), interpolation=cv2.INTER_AREA)
     det = OnnxRetinaFace.from_onnx(onnx, runtime="openvino", precision="bf16", threads=1)
     options = {"no vote": None, **{f"vote {t:g}": t for t in votes}}
-    times: dict[str, list[float]] = {name: [] for name in options}
-    for _ in range(5):
-        det.detect([img], conf_threshold=0.8)
-    for _ in range(rounds):
-        for name, t_iou in options.items():
-            for _ in range(20):
-                t = time.perf_counter()
-                det.detect([img], conf_threshold=0.8, vote_iou=t_iou)
-                times[name].append(time.perf_counter() - t)
-    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+    return interleaved_ms({name: (lambda t_iou=t_iou: det.detect([img], conf_threshold=0.8, vote_iou=t_iou))
+                           for name, t_iou in options.items()}, rounds)
 
 
 def table(results: dict[str, dict], variants: list[str]) -> tuple[str, dict]:

@@ -165,3 +165,13 @@ def test_batched_torch_vote_equals_single_images(detector):
         got = got.numpy()
         np.testing.assert_allclose(got.landmarks, alone.landmarks, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(got.boxes, alone.boxes, rtol=1e-5, atol=1e-3)
+
+
+def test_interleaved_timing_calls_each_one_alike():
+    """``check_bf16_landmarks.interleaved_ms``: warm calls, then rounds of timed calls of each in turn."""
+    from benchmarks.check_bf16_landmarks import interleaved_ms
+
+    order: list[str] = []
+    ms = interleaved_ms({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 2, warm=1, per_round=3)
+    assert set(ms) == {"a", "b"} and all(v >= 0.0 for v in ms.values())
+    assert order == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
